@@ -1,0 +1,32 @@
+# `make run` serves the app as the Procfile does; `make test` runs every check.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+
+.PHONY: run test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --editable .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	PATH="$(BIN):$$PATH" $(BIN)/dotenv -f .env run --no-override -- \
+		sh -c "exec $$(sed -n 's/^web: *//p' Procfile)"
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check app tests wsgi.py
+	$(BIN)/ruff format --check app tests wsgi.py
+	$(BIN)/mypy app
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,60 @@
+"""A streaming AI chat service: Flask in front of OpenAI or the offline demo model."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from .settings import DEFAULTS, load_settings
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app from the environment, or from ``test_config`` instead of it.
+
+    ``test_config`` holds settings by their environment names and any other Flask keys
+    (``TESTING``); it goes through the same checks as the environment does.
+    """
+    app = Flask(__name__)
+    source = os.environ if test_config is None else test_config
+    app.config.from_mapping(load_settings(source), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    if test_config is not None:
+        app.config.from_mapping({k: v for k, v in test_config.items() if k not in DEFAULTS})
+
+    from . import observability
+
+    if not app.testing:
+        observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    app.extensions["llm"] = build_llm(app.config)
+    observability.init_app(app)
+
+    from . import chat, errors, pages
+
+    errors.register(app)
+    app.register_blueprint(chat.bp)
+    app.register_blueprint(pages.bp)
+    log.info(
+        "serving provider=%s model=%s api=%s",
+        app.config["PROVIDER"],
+        app.config["OPENAI_MODEL"],
+        app.config["OPENAI_API"],
+    )
+    return app
+
+
+def build_llm(config: Mapping[str, Any]) -> Any:
+    """The model the app talks to: OpenAI (or a compatible server), or the demo model."""
+    if config["PROVIDER"] == "openai":
+        from .llm import OpenAILLM
+
+        return OpenAILLM(config)
+    from .demo import DemoLLM
+
+    return DemoLLM(config)

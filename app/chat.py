@@ -1,0 +1,48 @@
+"""The chat routes: parse the request, ask the model, relay the reply."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, g, request
+
+from .relay import Relay
+from .validation import parse_chat, read_json
+
+bp = Blueprint("chat", __name__, url_prefix="/api")
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@bp.post("/chat")
+def chat() -> dict[str, object]:
+    """Answer with the whole reply as JSON."""
+    relay = start_relay()
+    reply = relay.text()
+    g.server_timing = f"upstream;dur={(time.perf_counter() - g.upstream_started) * 1000.0:.1f}"
+    return {
+        "reply": reply,
+        "model": g.model,
+        "usage": relay.usage.as_dict() if relay.usage else None,
+        "request_id": g.request_id,
+    }
+
+
+@bp.post("/chat/stream")
+def chat_stream() -> Response:
+    """Answer with the reply's text, each delta written as soon as it arrives."""
+    relay = start_relay()
+    return Response(relay, mimetype="text/plain", headers=STREAM_HEADERS)
+
+
+def start_relay() -> Relay:
+    """Check the body, open the model's stream, and wait for its first delta."""
+    body = read_json(request.get_data(cache=False), request.mimetype)
+    chat = parse_chat(body, current_app.config)
+    g.model = chat.model
+    llm = current_app.extensions["llm"]
+    g.upstream_started = time.perf_counter()
+    relay = Relay(llm.stream(chat), started=g.started)
+    relay.open()
+    g.relay = relay
+    return relay

@@ -1,0 +1,250 @@
+"""The OpenAI (or OpenAI-compatible) model behind the official SDK.
+
+``stream(chat)`` yields the reply's text deltas as they arrive, then one Usage (or None).
+The SDK builds and sends the request, retries before any byte arrives, and maps HTTP
+errors; the body is read through its raw streaming-response interface and each event's
+JSON decoded here, which costs a fraction of building the SDK's typed chunk objects.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+
+from .errors import UpstreamError, UpstreamTimeout
+from .validation import ChatRequest
+
+OPENAI_URL = "https://api.openai.com/v1"
+PLACEHOLDER_KEY = "not-needed"  # keyless local servers (Ollama, vLLM) still get a bearer header
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts the model reported for one reply."""
+
+    input_tokens: int
+    output_tokens: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+
+
+Delta = str | Usage | None
+
+
+class OpenAILLM:
+    """Streams replies from the Chat Completions or the Responses API."""
+
+    def __init__(self, config: Mapping[str, Any], http_client: httpx2.Client | None = None) -> None:
+        timeout = config["UPSTREAM_TIMEOUT_S"]
+        self.api = config["OPENAI_API"]
+        self.stream_usage = config["OPENAI_STREAM_USAGE"]
+        self.client = openai.OpenAI(
+            api_key=config["OPENAI_API_KEY"] or PLACEHOLDER_KEY,
+            base_url=config["OPENAI_BASE_URL"] or OPENAI_URL,
+            # The read timeout bounds the silence between two chunks, not the whole reply.
+            timeout=httpx2.Timeout(timeout, connect=timeout),
+            max_retries=config["OPENAI_MAX_RETRIES"],
+            http_client=http_client,
+        )
+
+    def stream(self, chat: ChatRequest) -> Generator[Delta]:
+        """Yield text deltas, then the Usage (None when the server sent none)."""
+        try:
+            if self.api == "responses":
+                opened = self.client.responses.with_streaming_response.create(**responses_params(chat))
+                parse = parse_responses
+            else:
+                opened = self.client.chat.completions.with_streaming_response.create(
+                    **chat_params(chat, self.stream_usage)
+                )
+                parse = parse_chat
+            with opened as response:
+                yield from parse(sse_data(response.iter_bytes()))
+        except openai.APIError as error:
+            raise from_sdk_error(error, chat.model) from None
+        except httpx2.TimeoutException:
+            raise UpstreamTimeout(
+                "The model stopped sending for longer than the upstream timeout.", reason="upstream_timeout"
+            ) from None
+        except httpx2.HTTPError:
+            raise UpstreamError("The connection to the model broke.", reason="upstream_broken") from None
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self.client.close()
+
+
+def chat_params(chat: ChatRequest, stream_usage: bool) -> dict[str, Any]:
+    """Chat Completions arguments: instructions become the first system message."""
+    messages = list(chat.messages)
+    if chat.instructions:
+        messages.insert(0, {"role": "system", "content": chat.instructions})
+    params: dict[str, Any] = {"model": chat.model, "messages": messages, "stream": True}
+    if stream_usage:
+        params["stream_options"] = {"include_usage": True}
+    if chat.temperature is not None:
+        params["temperature"] = chat.temperature
+    if chat.max_tokens is not None:
+        params["max_tokens"] = chat.max_tokens
+    return params
+
+
+def responses_params(chat: ChatRequest) -> dict[str, Any]:
+    """Responses API arguments: turns go in ``input``, the instruction in ``instructions``."""
+    params: dict[str, Any] = {"model": chat.model, "input": list(chat.messages), "stream": True}
+    if chat.instructions:
+        params["instructions"] = chat.instructions
+    if chat.temperature is not None:
+        params["temperature"] = chat.temperature
+    if chat.max_tokens is not None:
+        params["max_output_tokens"] = chat.max_tokens
+    return params
+
+
+def sse_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Yield the data of each server-sent event in a byte stream (field lines, blank-line ends)."""
+    pending = b""
+    data: list[bytes] = []
+    for chunk in chunks:
+        pending += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if data:
+                    yield b"\n".join(data)
+                    data = []
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            # "event:", "id:", "retry:" and ": comments" carry nothing the JSON does not.
+    if pending.startswith(b"data:"):
+        data.append(pending[6:] if pending.startswith(b"data: ") else pending[5:])
+    if data:
+        yield b"\n".join(data)
+
+
+def parse_chat(events: Iterable[bytes]) -> Iterator[Delta]:
+    """Text and usage from ``chat.completion.chunk`` events up to ``[DONE]``."""
+    usage = None
+    finished = False
+    for data in events:
+        if data == b"[DONE]":
+            yield usage
+            return
+        event = decode(data)
+        if event.get("error"):
+            raise in_band_error(event["error"])
+        for choice in event.get("choices") or ():
+            text = (choice.get("delta") or {}).get("content")
+            if text:
+                yield text
+            finished = finished or bool(choice.get("finish_reason"))
+        if event.get("usage"):
+            usage = read_usage(event["usage"], "prompt_tokens", "completion_tokens")
+    if not finished:
+        raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
+    yield usage
+
+
+def parse_responses(events: Iterable[bytes]) -> Iterator[Delta]:
+    """Text and usage from the Responses API's typed events up to ``response.completed``."""
+    for data in events:
+        event = decode(data)
+        kind = event.get("type")
+        if kind == "response.output_text.delta":
+            text = event.get("delta")
+            if text:
+                yield text
+        elif kind in ("response.completed", "response.incomplete"):
+            usage = (event.get("response") or {}).get("usage")
+            yield read_usage(usage, "input_tokens", "output_tokens") if usage else None
+            return
+        elif kind == "response.failed":
+            raise in_band_error((event.get("response") or {}).get("error") or {})
+        elif kind == "error":
+            raise in_band_error(event)
+    raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """One event's JSON object, or an UpstreamError for anything else."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict):
+        raise UpstreamError("The model sent an event that could not be read.", reason="upstream_malformed")
+    return event
+
+
+def read_usage(usage: Any, input_key: str, output_key: str) -> Usage | None:
+    """A Usage from the server's counts, or None when they are not numbers."""
+    if not isinstance(usage, dict):
+        return None
+    given, made = usage.get(input_key), usage.get(output_key)
+    if type(given) is not int or type(made) is not int:
+        return None
+    return Usage(given, made)
+
+
+def in_band_error(error: Any) -> UpstreamError:
+    """An UpstreamError for an error event inside the stream; its text is not passed on."""
+    code = error.get("code") if isinstance(error, dict) else None
+    suffix = f" ({code})" if isinstance(code, str) and code.replace("_", "").isalnum() else ""
+    return UpstreamError(f"The model reported an error{suffix}.", reason="upstream_error_event")
+
+
+def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
+    """Map the SDK's typed errors to the statuses clients get (504, 502 or a passed-on 429)."""
+    # The provider's own message can quote part of our key, so only its status is passed on.
+    if isinstance(error, openai.APITimeoutError):
+        return UpstreamTimeout("The model did not answer in time.", reason="upstream_timeout")
+    if isinstance(error, openai.APIConnectionError):
+        return UpstreamError("The model service could not be reached.", reason="upstream_unreachable")
+    if isinstance(error, openai.RateLimitError):
+        seconds = retry_after(error.response.headers)
+        return UpstreamError(
+            f"The model service is rate limiting requests; retry in {seconds} s.",
+            reason="upstream_rate_limited",
+            status=429,
+            headers={"Retry-After": str(seconds)},
+        )
+    if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+        return UpstreamError(
+            "The service is misconfigured: the model provider rejected its API key.",
+            reason="upstream_auth",
+        )
+    if isinstance(error, openai.NotFoundError):
+        return UpstreamError(
+            f"The model provider does not offer the model '{model}'.", reason="upstream_not_found"
+        )
+    if isinstance(error, openai.APIStatusError):
+        return UpstreamError(
+            f"The model provider refused the request (HTTP {error.status_code}).",
+            reason="upstream_status",
+        )
+    return UpstreamError(
+        "The model service sent a response that could not be read.", reason="upstream_malformed"
+    )
+
+
+def retry_after(headers: httpx2.Headers) -> int:
+    """Whole seconds to wait, from ``retry-after-ms`` or ``retry-after`` (at least 1)."""
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        try:
+            seconds = float(headers.get(name, "")) / scale
+        except ValueError:
+            continue
+        if math.isfinite(seconds):
+            return max(1, math.ceil(seconds))
+    return 1

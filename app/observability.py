@@ -1,0 +1,111 @@
+"""Logging set-up, request ids, and one access line per request, written when it is really over."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, request
+
+access_log = logging.getLogger("app.access")
+
+REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+QUIET_LOGGERS = ("httpx2", "httpcore", "openai")  # per-request INFO lines of their own
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; an access line's fields become keys of their own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
+        else:
+            entry["message"] = record.getMessage()
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    """Send the app's logs to stderr once, as text or JSON lines."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.set_name("app")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "app"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+
+
+def init_app(app: Flask) -> None:
+    """Time every request and log it once, at the response's close."""
+    app.before_request(start_request)
+    app.after_request(finish_request)
+
+
+def start_request() -> None:
+    """Start the clock and settle the request id."""
+    g.started = time.perf_counter()
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+
+
+def finish_request(response: Response) -> Response:
+    """Add the request id and arrange the access line for when the body has been sent."""
+    started = g.get("started", time.perf_counter())
+    request_id = g.get("request_id") or uuid.uuid4().hex
+    response.headers["X-Request-ID"] = request_id
+    if g.get("server_timing"):
+        total_ms = (time.perf_counter() - started) * 1000.0
+        response.headers["Server-Timing"] = f"{g.server_timing}, total;dur={total_ms:.1f}"
+    fields: dict[str, Any] = {"method": request.method, "path": request.path, "status": response.status_code}
+    relay = g.get("relay")
+    reason = g.get("error_reason")
+
+    def log_access() -> None:
+        fields["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 1)
+        if relay is not None:
+            fields.update(
+                ttft_ms=None if relay.ttft_ms is None else round(relay.ttft_ms, 1),
+                chunks=relay.chunks,
+                chars=relay.chars,
+                tokens_out=relay.usage.output_tokens if relay.usage else None,
+                outcome=relay.outcome,
+            )
+            reason_now = relay.reason or reason
+        else:
+            fields["outcome"] = "error" if fields["status"] >= 400 else "complete"
+            reason_now = reason
+        if reason_now:
+            fields["reason"] = reason_now
+        fields["request_id"] = request_id
+        access_log.info(access_text(fields), extra={"fields": fields})
+
+    response.call_on_close(log_access)
+    return response
+
+
+def access_text(fields: dict[str, Any]) -> str:
+    """``POST /api/chat/stream 200 duration_ms=812.4 ... request_id=...``."""
+    head = f"{fields['method']} {fields['path']} {fields['status']}"
+    rest = " ".join(
+        f"{key}={'-' if value is None else value}"
+        for key, value in fields.items()
+        if key not in ("method", "path", "status")
+    )
+    return f"{head} {rest}"

@@ -1,0 +1,27 @@
+"""The service's own pages: ``GET /`` and ``GET /healthz``."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app
+
+bp = Blueprint("pages", __name__)
+
+RUNNING = "AI Chat API is running"
+
+
+@bp.get("/")
+def index() -> tuple[str, int, dict[str, str]]:
+    """Say the service is up (the chat page for browsers comes with the page itself)."""
+    return RUNNING, 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/healthz")
+def healthz() -> dict[str, str]:
+    """Which provider, default model and API this worker uses."""
+    config = current_app.config
+    return {
+        "status": "ok",
+        "provider": config["PROVIDER"],
+        "model": config["OPENAI_MODEL"],
+        "api": config["OPENAI_API"],
+    }

@@ -1,0 +1,121 @@
+"""Model deltas -> response body chunks, counted, with the upstream closed on every exit.
+
+Plain Python: the view hands in plain values, and the WSGI server drives the body and
+calls ``close()`` when the last byte went out or the client left.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Generator, Iterator
+
+from .errors import UpstreamError
+from .llm import Delta, Usage
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = "The server hit an unexpected error."
+
+
+class Relay:
+    """One reply in flight: pulls deltas, hands out text, and keeps the figures for the log."""
+
+    def __init__(self, deltas: Generator[Delta], started: float) -> None:
+        self.deltas = deltas
+        self.started = started
+        self.ttft_ms: float | None = None
+        self.chunks = 0
+        self.chars = 0
+        self.usage: Usage | None = None
+        self.outcome = "disconnected"  # until the body runs to its end
+        self.reason: str | None = None
+        self._first: Delta = None
+        self._body: Generator[bytes] | None = None
+
+    def open(self) -> None:
+        """Wait for the first delta, so a failure before it raises while a status can still be sent."""
+        try:
+            self._first = next(self.deltas)
+        except StopIteration:
+            self._first = None
+        except BaseException:
+            self.outcome = "error"
+            raise
+        if type(self._first) is str:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+
+    def text(self) -> str:
+        """The whole reply, for the JSON route; an upstream failure raises."""
+        try:
+            reply = "".join(self._texts())
+        except UpstreamError as error:
+            self.outcome, self.reason = "error", error.reason
+            raise
+        finally:
+            self.deltas.close()
+        self.outcome = "complete"
+        return reply
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._body = self._plain()
+        return self._body
+
+    def close(self) -> None:
+        """Close the body and the upstream: called by the server on completion or disconnect."""
+        if self._body is not None:
+            self._body.close()
+        self.deltas.close()
+
+    def _texts(self) -> Iterator[str]:
+        item = self._first
+        while True:
+            if type(item) is str:
+                if self.ttft_ms is None:
+                    self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+                self.chunks += 1
+                self.chars += len(item)
+                yield item
+            elif item is not None:
+                self.usage = item  # type: ignore[assignment]
+            try:
+                item = next(self.deltas)
+            except StopIteration:
+                return
+
+    def _plain(self) -> Generator[bytes]:
+        carry = ""
+        try:
+            for text in self._texts():
+                data, carry = utf8(carry + text)
+                if data:
+                    yield data
+            if carry:
+                yield utf8(carry + "\ufffd")[0]
+            self.outcome = "complete"
+        except UpstreamError as error:
+            self.outcome, self.reason = "error", error.reason
+            yield f"\n[error: {error.message}]".encode()
+        except Exception as error:  # a bug: say so in-band and in the log, never as a traceback
+            log.error("unhandled %s while streaming a reply", type(error).__name__)
+            self.outcome, self.reason = "error", "internal"
+            yield f"\n[error: {INTERNAL_ERROR}]".encode()
+        finally:
+            self.deltas.close()
+
+
+def utf8(text: str) -> tuple[bytes, str]:
+    """Encode text as UTF-8 that is valid on its own.
+
+    A delta can end inside a UTF-16 surrogate pair (some servers slice strings that way):
+    the high half is held back as the carry for the next delta; a lone half becomes U+FFFD.
+    """
+    try:
+        return text.encode(), ""
+    except UnicodeEncodeError:
+        pass
+    carry = ""
+    if "\ud800" <= text[-1] <= "\udbff":
+        text, carry = text[:-1], text[-1]
+    paired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return paired.encode("utf-8", "replace"), carry

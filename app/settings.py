@@ -1,0 +1,111 @@
+"""Settings: the only reader of the environment, checked once at start-up."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+DEFAULTS: dict[str, str] = {
+    "OPENAI_API_KEY": "",
+    "OPENAI_BASE_URL": "",
+    "OPENAI_MODEL": "gpt-4o-mini",
+    "OPENAI_API": "chat",
+    "OPENAI_STREAM_USAGE": "true",
+    "OPENAI_MAX_RETRIES": "0",
+    "LLM_PROVIDER": "auto",
+    "ALLOWED_MODELS": "",
+    "LOG_LEVEL": "INFO",
+    "LOG_FORMAT": "text",
+    "MAX_MESSAGE_CHARS": "32000",
+    "UPSTREAM_TIMEOUT_S": "60",
+    "DEMO_DELAY_MS": "20",
+}
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+class SettingsError(RuntimeError):
+    """A setting has a value the service cannot run with."""
+
+
+def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
+    """Read every setting from ``environ`` into typed config keys, or raise SettingsError."""
+    raw = {name: str(environ.get(name, default)).strip() for name, default in DEFAULTS.items()}
+    model = raw["OPENAI_MODEL"] or DEFAULTS["OPENAI_MODEL"]
+    config: dict[str, Any] = {
+        "OPENAI_API_KEY": raw["OPENAI_API_KEY"] or None,
+        "OPENAI_BASE_URL": raw["OPENAI_BASE_URL"] or None,
+        "OPENAI_MODEL": model,
+        "OPENAI_API": _choice(raw, "OPENAI_API", ("chat", "responses")),
+        "OPENAI_STREAM_USAGE": _flag(raw, "OPENAI_STREAM_USAGE"),
+        "OPENAI_MAX_RETRIES": _number(raw, "OPENAI_MAX_RETRIES", int, 0, 10),
+        "LLM_PROVIDER": _choice(raw, "LLM_PROVIDER", ("auto", "openai", "demo")),
+        "ALLOWED_MODELS": _models(raw["ALLOWED_MODELS"], model),
+        "LOG_LEVEL": _choice(raw, "LOG_LEVEL", LOG_LEVELS, str.upper),
+        "LOG_FORMAT": _choice(raw, "LOG_FORMAT", ("text", "json")),
+        "MAX_MESSAGE_CHARS": _number(raw, "MAX_MESSAGE_CHARS", int, 1, 1_000_000),
+        "UPSTREAM_TIMEOUT_S": _number(raw, "UPSTREAM_TIMEOUT_S", float, 0.1, 3600),
+        "DEMO_DELAY_MS": _number(raw, "DEMO_DELAY_MS", float, 0, 10_000),
+    }
+    config["PROVIDER"] = resolve_provider(config)
+    return config
+
+
+def resolve_provider(config: Mapping[str, Any]) -> str:
+    """Pick ``openai`` or ``demo`` from LLM_PROVIDER, the key and the base URL.
+
+    ``auto`` means OpenAI when a key or a base URL is set (a local server such as
+    Ollama needs no key), else the offline demo model.
+    """
+    choice = config["LLM_PROVIDER"]
+    has_key = bool(config["OPENAI_API_KEY"])
+    if choice == "openai" and not has_key:
+        raise SettingsError(
+            "LLM_PROVIDER is 'openai' but OPENAI_API_KEY is not set: "
+            "set the key, or use LLM_PROVIDER=auto to fall back to the demo model."
+        )
+    if choice == "auto":
+        return "openai" if has_key or config["OPENAI_BASE_URL"] else "demo"
+    return str(choice)
+
+
+def _choice(
+    raw: Mapping[str, str],
+    name: str,
+    allowed: tuple[str, ...],
+    normalize: Callable[[str], str] = str.lower,
+) -> str:
+    value = normalize(raw[name])
+    if value not in allowed:
+        raise SettingsError(f"{name} must be one of {', '.join(allowed)}; got {raw[name]!r}.")
+    return value
+
+
+def _flag(raw: Mapping[str, str], name: str) -> bool:
+    value = raw[name].lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise SettingsError(f"{name} must be true or false; got {raw[name]!r}.")
+
+
+def _number(raw: Mapping[str, str], name: str, kind: type[int] | type[float], low: float, high: float) -> Any:
+    try:
+        value = kind(raw[name])
+    except ValueError:
+        value = math.nan
+    if not low <= value <= high:
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what} from {low:g} to {high:g}; got {raw[name]!r}.")
+    return value
+
+
+def _models(value: str, default_model: str) -> tuple[str, ...]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if default_model not in names:
+        names.insert(0, default_model)
+    return tuple(dict.fromkeys(names))
