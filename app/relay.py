@@ -16,6 +16,7 @@ from .llm import Delta, Usage
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
+REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
 
 
 class Relay:
@@ -91,7 +92,7 @@ class Relay:
                 if data:
                     yield data
             if carry:
-                yield utf8(carry + "\ufffd")[0]
+                yield REPLACEMENT
             self.outcome = "complete"
         except UpstreamError as error:
             self.outcome, self.reason = "error", error.reason

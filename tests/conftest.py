@@ -1,0 +1,104 @@
+"""Fixtures: the app on the demo model, a fake OpenAI-compatible upstream, a scripted model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from app.errors import UpstreamError
+from app.llm import Delta, Usage
+from app.validation import ChatRequest
+
+from .fake_upstream import FakeUpstream, Script
+
+SECRET_KEY = "sk-SENTINEL-upstream-key-0123456789abcdef"
+
+
+@pytest.fixture
+def app() -> Flask:
+    """The app on the demo model, with no pause between words."""
+    return create_app({"TESTING": True, "DEMO_DELAY_MS": "0"})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def upstream_server() -> Iterator[FakeUpstream]:
+    server = FakeUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server: FakeUpstream) -> FakeUpstream:
+    """The fake upstream with a fresh script and nothing recorded."""
+    upstream_server.reset(Script())
+    return upstream_server
+
+
+@pytest.fixture(params=["chat", "responses"])
+def api(request: pytest.FixtureRequest) -> str:
+    """Each test that takes it runs against both OpenAI APIs."""
+    return str(request.param)
+
+
+@pytest.fixture
+def make_openai_app(upstream: FakeUpstream) -> Callable[..., Flask]:
+    """Build an app that talks to the fake upstream; keyword arguments are settings."""
+
+    def make(**settings: str) -> Flask:
+        config = {
+            "TESTING": True,
+            "OPENAI_API_KEY": SECRET_KEY,
+            "OPENAI_BASE_URL": upstream.base_url,
+            "UPSTREAM_TIMEOUT_S": "2",
+            **settings,
+        }
+        return create_app(config)
+
+    return make
+
+
+@pytest.fixture
+def openai_client(make_openai_app: Callable[..., Flask], api: str) -> FlaskClient:
+    """A test client of an app on the fake upstream, in each OPENAI_API mode."""
+    return make_openai_app(OPENAI_API=api).test_client()
+
+
+class FakeLLM:
+    """A scripted model: yields the given deltas, or raises the given error after some of them."""
+
+    def __init__(self) -> None:
+        self.deltas: list[str] = ["Hi", " there"]
+        self.fail_after: int | None = None
+        self.error: Exception = UpstreamError("The connection to the model broke.", reason="upstream_broken")
+        self.calls: list[ChatRequest] = []
+        self.closed = 0
+
+    def stream(self, chat: ChatRequest) -> Generator[Delta]:
+        self.calls.append(chat)
+        try:
+            for index, text in enumerate(self.deltas):
+                if index == self.fail_after:
+                    raise self.error
+                yield text
+            if self.fail_after is not None and self.fail_after >= len(self.deltas):
+                raise self.error
+            yield Usage(input_tokens=3, output_tokens=len(self.deltas))
+        finally:
+            self.closed += 1
+
+
+@pytest.fixture
+def fake_llm(app: Flask) -> FakeLLM:
+    """Put a scripted model in the app in place of the demo model."""
+    llm = FakeLLM()
+    app.extensions["llm"] = llm
+    return llm

@@ -1,0 +1,286 @@
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from .conftest import SECRET_KEY, FakeLLM
+from .fake_upstream import FakeUpstream, Script
+
+ROUTES = ["/api/chat", "/api/chat/stream"]
+ASK = {"message": "Say hello"}
+
+
+def test_stream_route_relays_the_reply_with_spec_headers(openai_client: FlaskClient) -> None:
+    response = openai_client.post("/api/chat/stream", json=ASK)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert "Content-Length" not in response.headers
+    assert len(response.headers["X-Request-ID"]) == 32
+    assert response.get_data(as_text=True) == "Hello, world!"
+
+
+def test_json_route_answers_with_reply_model_usage_and_ids(openai_client: FlaskClient) -> None:
+    response = openai_client.post("/api/chat", json=ASK)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body == {
+        "reply": "Hello, world!",
+        "model": "gpt-4o-mini",
+        "usage": {"input_tokens": 9, "output_tokens": 4},
+        "request_id": response.headers["X-Request-ID"],
+    }
+    upstream_part, total_part = response.headers["Server-Timing"].split(", ")
+    assert upstream_part.startswith("upstream;dur=") and total_part.startswith("total;dur=")
+    assert float(total_part.split("=")[1]) >= float(upstream_part.split("=")[1]) >= 0
+
+
+def test_both_routes_give_the_same_text(openai_client: FlaskClient, upstream: FakeUpstream) -> None:
+    upstream.script = Script(deltas=["Ünï", "cödé ", "🤖", " and ", "日本語"])
+    whole = openai_client.post("/api/chat", json=ASK).get_json()["reply"]
+    streamed = openai_client.post("/api/chat/stream", json=ASK).get_data(as_text=True)
+    assert whole == streamed == "Ünïcödé 🤖 and 日本語"
+
+
+def test_each_delta_is_one_chunk_of_valid_utf8(openai_client: FlaskClient, upstream: FakeUpstream) -> None:
+    upstream.script = Script(deltas=["é", "🤖", "日本", "!"])
+    response = openai_client.post("/api/chat/stream", json=ASK, buffered=False)
+    chunks = list(response.response)
+    response.close()
+    assert chunks == ["é".encode(), "🤖".encode(), "日本".encode(), b"!"]
+    for chunk in chunks:
+        chunk.decode("utf-8")
+
+
+def test_a_surrogate_pair_split_across_deltas_is_joined(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    fake_llm.deltas = ["robot \ud83e", "\udd16 ok", " \udc00"]
+    response = client.post("/api/chat/stream", json=ASK, buffered=False)
+    chunks = list(response.response)
+    response.close()
+    assert chunks == [b"robot ", "🤖 ok".encode(), " \ufffd".encode()]
+
+
+def test_model_from_the_request_is_used(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream
+) -> None:
+    client = make_openai_app(ALLOWED_MODELS="gpt-4o").test_client()
+    body = client.post("/api/chat", json={**ASK, "model": "gpt-4o"}).get_json()
+    assert body["model"] == "gpt-4o"
+    assert upstream.requests[0].body["model"] == "gpt-4o"
+
+
+def test_a_reply_without_usage_reports_null(openai_client: FlaskClient, upstream: FakeUpstream) -> None:
+    upstream.script = Script(usage=False)
+    body = openai_client.post("/api/chat", json=ASK).get_json()
+    assert body["reply"] == "Hello, world!" and body["usage"] is None
+
+
+def test_an_empty_reply_is_an_empty_body(openai_client: FlaskClient, upstream: FakeUpstream) -> None:
+    upstream.script = Script(deltas=[])
+    assert openai_client.post("/api/chat/stream", json=ASK).get_data() == b""
+    assert openai_client.post("/api/chat", json=ASK).get_json()["reply"] == ""
+
+
+def refused_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# Failures before the first delta: a real status and the JSON error body, on both routes.
+EARLY_FAULTS: list[tuple[Script, int, str, dict[str, str]]] = [
+    (
+        Script(status=401, error_message=f"Incorrect API key provided: {SECRET_KEY[:12]}***"),
+        502,
+        "The service is misconfigured: the model provider rejected its API key.",
+        {},
+    ),
+    (Script(status=403), 502, "The service is misconfigured: the model provider rejected its API key.", {}),
+    (
+        Script(status=404, error_code="model_not_found"),
+        502,
+        "The model provider does not offer the model 'gpt-4o-mini'.",
+        {},
+    ),
+    (
+        Script(status=429, headers={"retry-after": "7"}),
+        429,
+        "The model service is rate limiting requests; retry in 7 s.",
+        {"Retry-After": "7"},
+    ),
+    (
+        Script(status=429, headers={"retry-after-ms": "2500"}),
+        429,
+        "The model service is rate limiting requests; retry in 3 s.",
+        {"Retry-After": "3"},
+    ),
+    (Script(status=400), 502, "The model provider refused the request (HTTP 400).", {}),
+    (Script(status=500), 502, "The model provider refused the request (HTTP 500).", {}),
+    (Script(status=503), 502, "The model provider refused the request (HTTP 503).", {}),
+    (Script(cut_after=0), 502, "The connection to the model broke.", {}),
+    (Script(malformed_after=0), 502, "The model sent an event that could not be read.", {}),
+    (
+        Script(error_after=0, error_code="server_error"),
+        502,
+        "The model reported an error (server_error).",
+        {},
+    ),
+]
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(("script", "status", "sentence", "headers"), EARLY_FAULTS)
+def test_failures_before_the_first_delta_get_a_real_status(
+    openai_client: FlaskClient,
+    upstream: FakeUpstream,
+    route: str,
+    script: Script,
+    status: int,
+    sentence: str,
+    headers: dict[str, str],
+) -> None:
+    upstream.script = script
+    response = openai_client.post(route, json=ASK)
+    assert response.status_code == status
+    assert response.get_json() == {"error": sentence}
+    for name, value in headers.items():
+        assert response.headers[name] == value
+    assert SECRET_KEY[:12] not in response.get_data(as_text=True)
+    upstream.script = Script()
+    assert openai_client.post(route, json=ASK).status_code == 200  # the next request is served
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_an_unreachable_upstream_is_502(make_openai_app: Callable[..., Flask], api: str, route: str) -> None:
+    app = make_openai_app(OPENAI_API=api, OPENAI_BASE_URL=f"http://127.0.0.1:{refused_port()}/v1")
+    response = app.test_client().post(route, json=ASK)
+    assert response.status_code == 502
+    assert response.get_json() == {"error": "The model service could not be reached."}
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "script", [Script(first_delay=5), Script(no_headers=True)], ids=["silent", "no-headers"]
+)
+def test_a_stall_before_the_first_delta_is_504_within_the_timeout(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str, route: str, script: Script
+) -> None:
+    upstream.script = script
+    client = make_openai_app(OPENAI_API=api, UPSTREAM_TIMEOUT_S="0.4").test_client()
+    started = time.monotonic()
+    response = client.post(route, json=ASK)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504
+    assert response.get_json()["error"].startswith("The model")
+    assert 0.35 < elapsed < 2.0
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+
+
+# Failures after the first delta: the plain body ends with an in-band error line.
+LATE_FAULTS: list[tuple[Script, str]] = [
+    (Script(cut_after=2), "The connection to the model broke."),
+    (Script(malformed_after=2), "The model sent an event that could not be read."),
+    (Script(error_after=2, error_code="server_error"), "The model reported an error (server_error)."),
+    (Script(stall_after=2), "The model stopped sending for longer than the upstream timeout."),
+    (Script(finish=False), "The model's stream ended before the reply was complete."),
+]
+
+
+@pytest.mark.parametrize(("script", "reason"), LATE_FAULTS)
+def test_failures_after_the_first_delta_end_the_body_in_band(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str, script: Script, reason: str
+) -> None:
+    upstream.script = script
+    client = make_openai_app(OPENAI_API=api, UPSTREAM_TIMEOUT_S="0.4").test_client()
+    response = client.post("/api/chat/stream", json=ASK)
+    assert response.status_code == 200
+    expected_text = "Hello," if script.finish else "Hello, world!"
+    assert response.get_data(as_text=True) == f"{expected_text}\n[error: {reason}]"
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    upstream.script = Script()
+    assert client.post("/api/chat/stream", json=ASK).get_data(as_text=True) == "Hello, world!"
+
+
+@pytest.mark.parametrize(("script", "reason"), LATE_FAULTS)
+def test_failures_mid_reply_fail_the_json_route(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str, script: Script, reason: str
+) -> None:
+    upstream.script = script
+    client = make_openai_app(OPENAI_API=api, UPSTREAM_TIMEOUT_S="0.4").test_client()
+    response = client.post("/api/chat", json=ASK)
+    assert response.status_code == (504 if script.stall_after is not None else 502)
+    assert response.get_json() == {"error": reason}
+
+
+def test_no_retry_happens_after_a_delta(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(cut_after=1)
+    client = make_openai_app(OPENAI_MAX_RETRIES="3").test_client()
+    body = client.post("/api/chat/stream", json=ASK).get_data(as_text=True)
+    assert body.endswith("[error: The connection to the model broke.]")
+    assert len(upstream.requests) == 1
+
+
+def test_retries_before_the_first_byte_follow_the_setting(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(status=500, headers={"retry-after-ms": "1"})
+    client = make_openai_app(OPENAI_MAX_RETRIES="2").test_client()
+    assert client.post("/api/chat", json=ASK).status_code == 502
+    assert len(upstream.requests) == 3
+
+
+def test_closing_the_body_early_closes_the_upstream(
+    openai_client: FlaskClient, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(deltas=["a", "b", "c"], stall_after=2)
+    response = openai_client.post("/api/chat/stream", json=ASK, buffered=False)
+    body = iter(response.response)
+    assert next(body) == b"a"
+    response.close()
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    assert upstream.streams[0].ended_by == "client"
+
+
+def test_a_client_gone_before_the_body_started_still_closes_the_upstream(
+    openai_client: FlaskClient, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(stall_after=1)
+    response = openai_client.post("/api/chat/stream", json=ASK, buffered=False)
+    assert upstream.open_streams() == 1
+    response.close()  # the server never asked the body for its first chunk
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+
+
+def test_an_unexpected_error_mid_stream_is_reported_in_band(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    fake_llm.fail_after = 1
+    fake_llm.error = KeyError("surprise")
+    response = client.post("/api/chat/stream", json=ASK)
+    assert response.get_data(as_text=True) == "Hi\n[error: The server hit an unexpected error.]"
+    assert fake_llm.closed == 1
+
+
+def test_an_unexpected_error_before_the_first_delta_is_a_json_500(
+    client: FlaskClient, fake_llm: FakeLLM
+) -> None:
+    fake_llm.fail_after = 0
+    fake_llm.error = KeyError("surprise")
+    for route in ROUTES:
+        response = client.post(route, json=ASK)
+        assert response.status_code == 500
+        assert response.get_json() == {"error": "The server hit an unexpected error; it has been logged."}
+
+
+def test_the_scripted_model_sees_the_parsed_request(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    body: dict[str, Any] = {"message": "hi", "instructions": "Be brief.", "temperature": 0, "max_tokens": 9}
+    assert client.post("/api/chat", json=body).get_json()["reply"] == "Hi there"
+    [chat] = fake_llm.calls
+    assert chat.instructions == "Be brief." and chat.temperature == 0.0 and chat.max_tokens == 9

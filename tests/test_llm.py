@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import httpx2
+import pytest
+
+from app.llm import OpenAILLM, Usage, retry_after, sse_data
+from app.settings import load_settings
+from app.validation import ChatRequest
+
+from .conftest import SECRET_KEY
+from .fake_upstream import FakeUpstream, Script
+
+HISTORY = (
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another?"},
+)
+FULL = ChatRequest(
+    messages=HISTORY, model="gpt-4o-mini", instructions="Be terse.", temperature=0.2, max_tokens=64
+)
+
+
+def make_llm(upstream: FakeUpstream, **settings: str) -> OpenAILLM:
+    environ = {"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream.base_url} | settings
+    return OpenAILLM(load_settings(environ))
+
+
+def test_chat_completions_request_carries_every_option(upstream: FakeUpstream) -> None:
+    items = list(make_llm(upstream).stream(FULL))
+    assert items == ["Hello", ",", " world", "!", Usage(9, 4)]
+    [received] = upstream.requests
+    assert received.path == "/v1/chat/completions"
+    assert received.headers["authorization"] == f"Bearer {SECRET_KEY}"
+    assert received.body == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "system", "content": "Be terse."}, *HISTORY],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.2,
+        "max_tokens": 64,
+    }
+
+
+def test_responses_request_carries_every_option(upstream: FakeUpstream) -> None:
+    items = list(make_llm(upstream, OPENAI_API="responses").stream(FULL))
+    assert items == ["Hello", ",", " world", "!", Usage(9, 4)]
+    [received] = upstream.requests
+    assert received.path == "/v1/responses"
+    assert received.body == {
+        "model": "gpt-4o-mini",
+        "input": list(HISTORY),
+        "instructions": "Be terse.",
+        "stream": True,
+        "temperature": 0.2,
+        "max_output_tokens": 64,
+    }
+
+
+def test_optional_fields_are_left_out_when_not_given(upstream: FakeUpstream, api: str) -> None:
+    chat = ChatRequest(messages=({"role": "user", "content": "hi"},), model="m")
+    list(make_llm(upstream, OPENAI_API=api, OPENAI_STREAM_USAGE="false").stream(chat))
+    body = upstream.requests[0].body
+    assert not {"temperature", "max_tokens", "max_output_tokens", "instructions", "stream_options"} & set(
+        body
+    )
+
+
+def test_stream_usage_off_gives_no_usage(upstream: FakeUpstream) -> None:
+    chat = ChatRequest(messages=({"role": "user", "content": "hi"},), model="m")
+    items = list(make_llm(upstream, OPENAI_STREAM_USAGE="false").stream(chat))
+    assert items == ["Hello", ",", " world", "!", None]
+
+
+def test_a_keyless_base_url_sends_a_placeholder_key(upstream: FakeUpstream) -> None:
+    llm = OpenAILLM(load_settings({"OPENAI_BASE_URL": upstream.base_url}))
+    list(llm.stream(FULL))
+    assert upstream.requests[0].headers["authorization"] == "Bearer not-needed"
+
+
+def test_closing_the_stream_closes_the_upstream_connection(upstream: FakeUpstream, api: str) -> None:
+    upstream.script = Script(stall_after=1)
+    stream = make_llm(upstream, OPENAI_API=api).stream(FULL)
+    assert next(stream) == "Hello"
+    stream.close()
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    assert upstream.streams[0].ended_by == "client"
+
+
+def test_the_connection_is_reused_between_replies(upstream: FakeUpstream) -> None:
+    llm = make_llm(upstream)
+    for _ in range(3):
+        assert list(llm.stream(FULL))[-1] == Usage(9, 4)
+    assert len(upstream.requests) == 3
+    llm.close()
+
+
+def events(*chunks: bytes) -> list[bytes]:
+    return list(sse_data(chunks))
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        ((b"data: a\n\n",), [b"a"]),
+        ((b"data: a\n\ndata: b\n\n",), [b"a", b"b"]),
+        ((b"da", b"ta: a", b"\n", b"\nda", b"ta: b\n\n"), [b"a", b"b"]),
+        ((b"data: a\r\n\r\ndata: b\r\n\r\n",), [b"a", b"b"]),
+        ((b"event: x\ndata: a\nid: 3\nretry: 5\n\n",), [b"a"]),
+        ((b"data: one\ndata: two\n\n",), [b"one\ntwo"]),
+        ((b": ping\n\n", b"data:tight\n\n"), [b"tight"]),
+        ((b"data: last",), [b"last"]),
+        ((b"data: done\n",), [b"done"]),
+        ((b"\n\n\n",), []),
+    ],
+)
+def test_sse_data_splits_events(chunks: tuple[bytes, ...], expected: list[bytes]) -> None:
+    assert events(*chunks) == expected
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "20"}, 20),
+        ({"retry-after": "1.2"}, 2),
+        ({"retry-after-ms": "1500"}, 2),
+        ({"retry-after-ms": "1500", "retry-after": "30"}, 2),
+        ({"retry-after-ms": "soon", "retry-after": "3"}, 3),
+        ({"retry-after": "0"}, 1),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1),
+        ({}, 1),
+    ],
+)
+def test_retry_after_is_whole_seconds(headers: dict[str, str], seconds: int) -> None:
+    assert retry_after(httpx2.Headers(headers)) == seconds
+
+
+def test_server_without_usage_numbers_gives_none(upstream: FakeUpstream) -> None:
+    from app.llm import read_usage
+
+    assert (
+        read_usage({"prompt_tokens": "9", "completion_tokens": 2}, "prompt_tokens", "completion_tokens")
+        is None
+    )
+    assert read_usage(None, "a", "b") is None
+    assert read_usage({"a": 1, "b": True}, "a", "b") is None
+    assert read_usage({"a": 1, "b": 2}, "a", "b") == Usage(1, 2)
+
+
+def test_chat_stream_with_a_finish_but_no_done_is_complete() -> None:
+    from app.llm import parse_chat
+
+    body = b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": "stop"}]}\n\n'
+    assert list(parse_chat(sse_data([body]))) == ["a", None]

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+from app import create_app
+
+
+def test_index_says_the_service_is_running(client: FlaskClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    assert response.get_data(as_text=True) == "AI Chat API is running"
+
+
+def test_healthz_names_provider_model_and_api(client: FlaskClient) -> None:
+    assert client.get("/healthz").get_json() == {
+        "status": "ok",
+        "provider": "demo",
+        "model": "gpt-4o-mini",
+        "api": "chat",
+    }
+
+
+def test_healthz_on_openai() -> None:
+    app = create_app(
+        {"TESTING": True, "OPENAI_API_KEY": "sk-x", "OPENAI_MODEL": "gpt-4o", "OPENAI_API": "responses"}
+    )
+    assert app.test_client().get("/healthz").get_json() == {
+        "status": "ok",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "api": "responses",
+    }
+
+
+def test_unknown_routes_and_methods_get_json(client: FlaskClient) -> None:
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.get_json() == {"error": "There is nothing at this address."}
+    wrong = client.get("/api/chat")
+    assert wrong.status_code == 405
+    assert wrong.get_json() == {"error": "This address does not accept that method."}
+    assert wrong.headers["Allow"] == "OPTIONS, POST"
