@@ -1,0 +1,99 @@
+"""Start the service exactly as the Procfile does (gunicorn + gevent) on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from app.settings import DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def procfile_command() -> str:
+    """The Procfile's ``web:`` command, as a Procfile host would run it."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        if line.startswith("web:"):
+            return line.split(":", 1)[1].strip()
+    raise RuntimeError("Procfile has no web: line")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LiveServer:
+    """One gunicorn master with its workers; its log goes to a file the tests can read."""
+
+    def __init__(self, settings: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        # Settings come only from the test (never from the developer's shell); .env fills the rest.
+        env = {k: v for k, v in os.environ.items() if k not in DEFAULTS}
+        env.update({"PORT": str(self.port), "WEB_CONCURRENCY": "1", **settings})
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        self.log = tempfile.NamedTemporaryFile(prefix="live-server-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            ["sh", "-c", f"exec {procfile_command()}"],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited at start-up:\n{self.log_text()}")
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log_text()}")
+
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def access_lines(self, request_id: str) -> list[dict[str, Any]]:
+        """The JSON access lines written for one request id."""
+        found = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{") and f'"request_id": "{request_id}"' in line:
+                found.append(json.loads(line))
+        return found
+
+    def wait_for_access_line(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = self.access_lines(request_id)
+            if lines:
+                return lines[0]
+            time.sleep(0.01)
+        raise AssertionError(f"no access line for {request_id}:\n{self.log_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+        Path(self.log.name).unlink(missing_ok=True)

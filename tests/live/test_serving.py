@@ -1,0 +1,122 @@
+"""What only a real server shows: chunks on the wire as they arrive, hang-ups, the access line's timing."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from ..fake_upstream import FakeUpstream, Script
+from .server import LiveServer
+
+ASK = {"message": "Tell me a story about a robot"}
+
+
+def timed_chunks(response: requests.Response) -> list[tuple[float, bytes]]:
+    """Each chunk as the client received it, with its arrival time."""
+    return [(time.monotonic(), chunk) for chunk in response.iter_content(chunk_size=None)]
+
+
+def test_demo_reply_grows_word_by_word(demo_server: LiveServer) -> None:
+    started = time.monotonic()
+    with requests.post(f"{demo_server.url}/api/chat/stream", json=ASK, stream=True, timeout=10) as response:
+        assert response.status_code == 200
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        assert "Content-Length" not in response.headers
+        assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert response.headers["X-Accel-Buffering"] == "no"
+        assert response.headers["Cache-Control"] == "no-cache"
+        arrivals = timed_chunks(response)
+    body = b"".join(chunk for _, chunk in arrivals).decode()
+    words = body.split(" ")
+    assert body == requests.post(f"{demo_server.url}/api/chat", json=ASK, timeout=10).json()["reply"]
+    # One word per chunk, spread over the demo model's 40 ms pauses: not one buffered lump.
+    assert len(arrivals) >= len(words) * 0.8
+    assert arrivals[0][1].decode() == words[0]
+    assert arrivals[-1][0] - arrivals[0][0] >= 0.04 * (len(words) - 1) * 0.8
+    assert arrivals[0][0] - started < 0.5
+
+
+def test_upstream_pacing_reaches_the_client(openai_server: LiveServer, upstream: FakeUpstream) -> None:
+    deltas = [f"w{i} " for i in range(8)]
+    upstream.script = Script(deltas=deltas, delay=0.1)
+    with requests.post(f"{openai_server.url}/api/chat/stream", json=ASK, stream=True, timeout=10) as response:
+        arrivals = timed_chunks(response)
+    assert [chunk.decode() for _, chunk in arrivals] == deltas
+    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    assert all(gap > 0.05 for gap in gaps), gaps  # each delta left as soon as it came
+
+
+def test_a_departed_client_closes_the_upstream(openai_server: LiveServer, upstream: FakeUpstream) -> None:
+    upstream.script = Script(deltas=[f"w{i} " for i in range(400)], delay=0.02)
+    response = requests.post(f"{openai_server.url}/api/chat/stream", json=ASK, stream=True, timeout=10)
+    request_id = response.headers["X-Request-ID"]
+    chunks = response.iter_content(chunk_size=None)
+    assert [next(chunks) for _ in range(3)] == [b"w0 ", b"w1 ", b"w2 "]
+    response.close()
+    hung_up = time.monotonic()
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=2.0)
+    assert upstream.streams[0].closed_at is not None
+    assert upstream.streams[0].closed_at - hung_up < 1.0
+    assert upstream.streams[0].deltas_sent < 400
+    line = openai_server.wait_for_access_line(request_id)
+    assert line["outcome"] == "disconnected" and line["status"] == 200
+    time.sleep(0.1)
+    assert len(openai_server.access_lines(request_id)) == 1
+
+
+def test_the_access_line_is_written_when_the_stream_ends(
+    openai_server: LiveServer, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(deltas=[f"w{i} " for i in range(10)], delay=0.05, first_delay=0.1)
+    started = time.monotonic()
+    with requests.post(f"{openai_server.url}/api/chat/stream", json=ASK, stream=True, timeout=10) as response:
+        request_id = response.headers["X-Request-ID"]
+        chunks = response.iter_content(chunk_size=None)
+        next(chunks)
+        assert openai_server.access_lines(request_id) == []  # headers and a chunk are out; not over yet
+        rest = list(chunks)
+    elapsed_ms = (time.monotonic() - started) * 1000
+    line = openai_server.wait_for_access_line(request_id)
+    assert len(rest) == 9
+    assert line["path"] == "/api/chat/stream" and line["status"] == 200
+    assert 500 <= line["duration_ms"] <= elapsed_ms + 50
+    assert 100 <= line["ttft_ms"] < line["duration_ms"]
+    assert (line["chunks"], line["chars"], line["tokens_out"], line["outcome"]) == (10, 30, 10, "complete")
+
+
+def test_failures_before_the_first_delta_get_their_status_live(
+    openai_server: LiveServer, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(status=429, headers={"retry-after": "4"})
+    response = requests.post(f"{openai_server.url}/api/chat/stream", json=ASK, timeout=10)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "4"
+    assert response.json() == {"error": "The model service is rate limiting requests; retry in 4 s."}
+    line = openai_server.wait_for_access_line(response.headers["X-Request-ID"])
+    assert (line["status"], line["outcome"], line["reason"]) == (429, "error", "upstream_rate_limited")
+
+
+def test_a_failure_mid_stream_ends_the_body_in_band_live(
+    openai_server: LiveServer, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(cut_after=2)
+    response = requests.post(f"{openai_server.url}/api/chat/stream", json=ASK, timeout=10)
+    assert response.status_code == 200
+    assert response.text == "Hello,\n[error: The connection to the model broke.]"
+    line = openai_server.wait_for_access_line(response.headers["X-Request-ID"])
+    assert (line["outcome"], line["reason"]) == ("error", "upstream_broken")
+
+
+def test_one_worker_serves_concurrent_demo_streams(demo_server: LiveServer) -> None:
+    def one(index: int) -> tuple[int, str]:
+        body = {"message": f"Tell me about topic number {index}"}
+        response = requests.post(f"{demo_server.url}/api/chat/stream", json=body, timeout=30)
+        return response.status_code, response.text
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(one, range(50)))
+    assert all(status == 200 for status, _ in results)
+    assert all(text.endswith(".") or text.endswith(")") for _, text in results)
+    assert len({text for _, text in results}) > 1
