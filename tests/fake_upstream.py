@@ -68,6 +68,7 @@ class FakeUpstream:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
+        self.requested_port = 0
         self.port = 0
 
     @property
@@ -112,7 +113,9 @@ class FakeUpstream:
         return bool(predicate())
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, limit=2**20, backlog=4096)
+        self._server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.requested_port, limit=2**20, backlog=4096
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -338,3 +341,26 @@ class ResponsesEvents:
         return self.event(
             "response.output_text.done", item_id="msg_fake", output_index=0, content_index=0, text=self.text
         ) + self.event("response.completed", response=self.response("completed", counts))
+
+
+def main() -> None:
+    """Run the fake on its own: ``python -m tests.fake_upstream --port 9999 --deltas 20 --delay 0.02``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--deltas", type=int, default=20, help="deltas per reply")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds between deltas")
+    args = parser.parse_args()
+    server = FakeUpstream(Script(deltas=[f" tok{i}" for i in range(args.deltas)], delay=args.delay))
+    server.requested_port = args.port
+    server.start()
+    print(server.base_url, flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

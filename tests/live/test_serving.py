@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,7 +45,7 @@ def test_upstream_pacing_reaches_the_client(openai_server: LiveServer, upstream:
     with requests.post(f"{openai_server.url}/api/chat/stream", json=ASK, stream=True, timeout=10) as response:
         arrivals = timed_chunks(response)
     assert [chunk.decode() for _, chunk in arrivals] == deltas
-    gaps = [b[0] - a[0] for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
     assert all(gap > 0.05 for gap in gaps), gaps  # each delta left as soon as it came
 
 
