@@ -42,7 +42,9 @@ def start_relay() -> Relay:
     g.model = chat.model
     llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
-    relay = Relay(llm.stream(chat), started=g.started)
+    relay = g.relay = Relay(llm.stream(chat), started=g.started)
+    client = request.environ.get("gunicorn.socket")
+    if client is not None:
+        relay.watch(client)
     relay.open()
-    g.relay = relay
     return relay

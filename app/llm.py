@@ -8,8 +8,10 @@ JSON decoded here, which costs a fraction of building the SDK's typed chunk obje
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +40,33 @@ class Usage:
 Delta = str | Usage | None
 
 
+class Reply:
+    """One reply in flight: iterate it for deltas; ``cancel()`` hangs up from any greenlet or thread."""
+
+    deltas: Generator[Delta]
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None  # the upstream connection, while the body is open
+
+    def __iter__(self) -> Generator[Delta]:
+        return self.deltas
+
+    def close(self) -> None:
+        """Close the body and release the connection (from the greenlet that reads it)."""
+        self.deltas.close()
+
+    def cancel(self) -> None:
+        """Shut the upstream connection down now, even while another greenlet waits on it.
+
+        The waiting read sees the end of the stream and unwinds as usual; a shutdown is
+        one system call, safe where closing the SDK's response from outside is not.
+        """
+        sock = self.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
 class OpenAILLM:
     """Streams replies from the Chat Completions or the Responses API."""
 
@@ -54,8 +83,13 @@ class OpenAILLM:
             http_client=http_client,
         )
 
-    def stream(self, chat: ChatRequest) -> Generator[Delta]:
-        """Yield text deltas, then the Usage (None when the server sent none)."""
+    def stream(self, chat: ChatRequest) -> Reply:
+        """Start a reply: iterate it for text deltas, then the Usage (None when the server sent none)."""
+        reply = Reply()
+        reply.deltas = self._deltas(chat, reply)
+        return reply
+
+    def _deltas(self, chat: ChatRequest, reply: Reply) -> Generator[Delta]:
         try:
             if self.api == "responses":
                 opened = self.client.responses.with_streaming_response.create(**responses_params(chat))
@@ -66,6 +100,8 @@ class OpenAILLM:
                 )
                 parse = parse_chat
             with opened as response:
+                network = response.http_response.extensions.get("network_stream")
+                reply.sock = network.get_extra_info("socket") if network is not None else None
                 yield from parse(sse_data(response.iter_bytes()))
         except openai.APIError as error:
             raise from_sdk_error(error, chat.model) from None
@@ -75,6 +111,8 @@ class OpenAILLM:
             ) from None
         except httpx2.HTTPError:
             raise UpstreamError("The connection to the model broke.", reason="upstream_broken") from None
+        finally:
+            reply.sock = None
 
     def close(self) -> None:
         """Release the connection pool."""

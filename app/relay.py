@@ -7,8 +7,12 @@ calls ``close()`` when the last byte went out or the client left.
 from __future__ import annotations
 
 import logging
+import select
+import socket
+import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
+from typing import Protocol
 
 from .errors import UpstreamError
 from .llm import Delta, Usage
@@ -17,13 +21,21 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
 REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
+WATCH_POLL_S = 1.0  # how long a finished relay's client watcher may linger
+
+
+class Source(Iterable[Delta], Protocol):
+    """What a model's ``stream()`` returns: deltas to iterate, and a way to end them."""
+
+    def close(self) -> None: ...
 
 
 class Relay:
     """One reply in flight: pulls deltas, hands out text, and keeps the figures for the log."""
 
-    def __init__(self, deltas: Generator[Delta], started: float) -> None:
-        self.deltas = deltas
+    def __init__(self, source: Source, started: float) -> None:
+        self.source = source
+        self.deltas: Iterator[Delta] = iter(source)
         self.started = started
         self.ttft_ms: float | None = None
         self.chunks = 0
@@ -31,8 +43,18 @@ class Relay:
         self.usage: Usage | None = None
         self.outcome = "disconnected"  # until the body runs to its end
         self.reason: str | None = None
+        self.finished = False
+        self.client_gone = False
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
+
+    def watch(self, client: socket.socket) -> None:
+        """Hang up on the model as soon as the client hangs up, even while the model is silent.
+
+        Under gevent the thread is a greenlet. Without this, a departure is seen only when
+        a write fails, which during a long silence is never.
+        """
+        threading.Thread(target=self._watch, args=(client,), name="client-watch", daemon=True).start()
 
     def open(self) -> None:
         """Wait for the first delta, so a failure before it raises while a status can still be sent."""
@@ -40,8 +62,11 @@ class Relay:
             self._first = next(self.deltas)
         except StopIteration:
             self._first = None
+        except UpstreamError as error:
+            self._end("error", error.reason)
+            raise
         except BaseException:
-            self.outcome = "error"
+            self._end("error", "internal")
             raise
         if type(self._first) is str:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
@@ -51,11 +76,11 @@ class Relay:
         try:
             reply = "".join(self._texts())
         except UpstreamError as error:
-            self.outcome, self.reason = "error", error.reason
+            self._end("error", error.reason)
             raise
         finally:
-            self.deltas.close()
-        self.outcome = "complete"
+            self.source.close()
+        self._end("complete")
         return reply
 
     def __iter__(self) -> Iterator[bytes]:
@@ -64,9 +89,34 @@ class Relay:
 
     def close(self) -> None:
         """Close the body and the upstream: called by the server on completion or disconnect."""
+        self.finished = True
         if self._body is not None:
             self._body.close()
-        self.deltas.close()
+        self.source.close()
+
+    def _end(self, outcome: str, reason: str | None = None) -> None:
+        self.finished = True
+        if self.client_gone:
+            outcome, reason = "disconnected", None
+        self.outcome, self.reason = outcome, reason
+
+    def _watch(self, client: socket.socket) -> None:
+        try:
+            while not self.finished:
+                readable, _, _ = select.select([client], [], [], WATCH_POLL_S)
+                if readable and not self.finished:
+                    if client.recv(1, socket.MSG_PEEK):
+                        return  # the client sent more (a pipelined request): not a hang-up
+                    break
+            else:
+                return
+        except (OSError, ValueError):
+            if self.finished:
+                return  # the server closed the socket after the reply
+        self.client_gone = True
+        cancel = getattr(self.source, "cancel", None)
+        if cancel is not None:
+            cancel()
 
     def _texts(self) -> Iterator[str]:
         item = self._first
@@ -93,16 +143,17 @@ class Relay:
                     yield data
             if carry:
                 yield REPLACEMENT
-            self.outcome = "complete"
+            self._end("complete")
         except UpstreamError as error:
-            self.outcome, self.reason = "error", error.reason
-            yield f"\n[error: {error.message}]".encode()
+            self._end("error", error.reason)
+            if not self.client_gone:
+                yield f"\n[error: {error.message}]".encode()
         except Exception as error:  # a bug: say so in-band and in the log, never as a traceback
             log.error("unhandled %s while streaming a reply", type(error).__name__)
-            self.outcome, self.reason = "error", "internal"
+            self._end("error", "internal")
             yield f"\n[error: {INTERNAL_ERROR}]".encode()
         finally:
-            self.deltas.close()
+            self.source.close()
 
 
 def utf8(text: str) -> tuple[bytes, str]:

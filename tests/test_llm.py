@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import threading
+import time
+
 import httpx2
 import pytest
 
+from app.errors import UpstreamError
 from app.llm import OpenAILLM, Usage, retry_after, sse_data
 from app.settings import load_settings
 from app.validation import ChatRequest
@@ -79,11 +83,34 @@ def test_a_keyless_base_url_sends_a_placeholder_key(upstream: FakeUpstream) -> N
 
 def test_closing_the_stream_closes_the_upstream_connection(upstream: FakeUpstream, api: str) -> None:
     upstream.script = Script(stall_after=1)
-    stream = make_llm(upstream, OPENAI_API=api).stream(FULL)
-    assert next(stream) == "Hello"
-    stream.close()
+    reply = make_llm(upstream, OPENAI_API=api).stream(FULL)
+    assert next(iter(reply)) == "Hello"
+    reply.close()
     assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
     assert upstream.streams[0].ended_by == "client"
+    assert reply.sock is None
+
+
+def test_cancel_from_another_thread_ends_a_silent_stream(upstream: FakeUpstream, api: str) -> None:
+    upstream.script = Script(stall_after=1)
+    reply = make_llm(upstream, OPENAI_API=api, UPSTREAM_TIMEOUT_S="30").stream(FULL)
+    deltas = iter(reply)
+    assert next(deltas) == "Hello"
+    timer = threading.Timer(0.2, reply.cancel)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as caught:
+        next(deltas)  # blocked on the silent upstream until the cancel
+    assert 0.15 < time.monotonic() - started < 2.0
+    assert caught.value.reason in ("upstream_broken", "upstream_cut")
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    reply.cancel()  # again, after the end: nothing to do
+
+
+def test_cancel_before_the_request_is_harmless(upstream: FakeUpstream) -> None:
+    reply = make_llm(upstream).stream(FULL)
+    reply.cancel()
+    assert list(reply)[-1] == Usage(9, 4)
 
 
 def test_the_connection_is_reused_between_replies(upstream: FakeUpstream) -> None:

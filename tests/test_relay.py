@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Generator
 
 import pytest
@@ -63,3 +66,72 @@ def test_a_failure_while_opening_marks_the_outcome() -> None:
     with pytest.raises(UpstreamError):
         relay.open()
     assert relay.outcome == "error"
+
+
+class Cancellable:
+    """A source that records cancel() and close() calls."""
+
+    def __init__(self, *items: Delta) -> None:
+        self.items = deltas(*items)
+        self.cancelled = threading.Event()
+        self.closed = 0
+
+    def __iter__(self) -> Generator[Delta]:
+        return self.items
+
+    def close(self) -> None:
+        self.closed += 1
+        self.items.close()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+def test_the_watcher_cancels_the_upstream_when_the_client_hangs_up() -> None:
+    server_side, client_side = socket.socketpair()
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    relay.watch(server_side)
+    client_side.close()
+    assert source.cancelled.wait(1.0)
+    assert relay.client_gone
+    relay.close()
+    server_side.close()
+
+
+def test_the_watcher_leaves_a_client_that_sends_more_alone() -> None:
+    server_side, client_side = socket.socketpair()
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    relay.watch(server_side)
+    client_side.sendall(b"GET /next HTTP/1.1\r\n")
+    assert not source.cancelled.wait(0.3)
+    assert not relay.client_gone
+    relay.close()
+    server_side.close()
+    client_side.close()
+
+
+def test_the_watcher_stops_when_the_reply_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.relay.WATCH_POLL_S", 0.05)
+    server_side, client_side = socket.socketpair()
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    relay.watch(server_side)
+    relay.open()
+    assert list(relay) == [b"a"]
+    relay.close()
+    time.sleep(0.15)  # a poll or two: the watcher has gone
+    server_side.close()
+    client_side.close()
+    time.sleep(0.1)
+    assert not source.cancelled.is_set()
+    assert not any(t.name == "client-watch" for t in threading.enumerate())
+
+
+def test_a_hang_up_turns_the_upstream_error_into_a_disconnect() -> None:
+    relay = Relay(deltas("a", fail=True), started=0.0)
+    relay.open()
+    relay.client_gone = True
+    assert list(relay) == [b"a"]  # no error line for a client that is not there
+    assert (relay.outcome, relay.reason) == ("disconnected", None)

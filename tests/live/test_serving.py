@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import requests
 
 from ..fake_upstream import FakeUpstream, Script
@@ -63,6 +66,50 @@ def test_a_departed_client_closes_the_upstream(openai_server: LiveServer, upstre
     assert upstream.streams[0].deltas_sent < 400
     line = openai_server.wait_for_access_line(request_id)
     assert line["outcome"] == "disconnected" and line["status"] == 200
+    time.sleep(0.1)
+    assert len(openai_server.access_lines(request_id)) == 1
+
+
+def open_request(server: LiveServer, path: str, request_id: str) -> socket.socket:
+    """Send a chat request on a raw socket, so the test decides exactly when to hang up."""
+    body = json.dumps(ASK).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Request-ID: {request_id}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+SILENCES = [
+    ("/api/chat/stream", Script(first_delay=30), b""),
+    ("/api/chat/stream", Script(stall_after=2), b"Hello"),
+    ("/api/chat", Script(stall_after=2), b""),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "script", "seen"), SILENCES, ids=["before-first-delta", "mid-stream", "json"]
+)
+def test_a_client_leaving_during_a_silence_closes_the_upstream(
+    openai_server: LiveServer, upstream: FakeUpstream, path: str, script: Script, seen: bytes
+) -> None:
+    upstream.script = script
+    request_id = f"silence-{time.monotonic_ns()}"
+    sock = open_request(openai_server, path, request_id)
+    received = b""
+    while seen not in received.partition(b"\r\n\r\n")[2]:
+        received += sock.recv(4096)
+    assert upstream.wait_until(lambda: upstream.open_streams() == 1, timeout=2.0)
+    time.sleep(0.2)  # the model is silent now
+    sock.close()
+    hung_up = time.monotonic()
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=2.0)
+    closed_at = upstream.streams[0].closed_at
+    assert closed_at is not None and closed_at - hung_up < 1.0
+    line = openai_server.wait_for_access_line(request_id)
+    assert line["outcome"] == "disconnected"
     time.sleep(0.1)
     assert len(openai_server.access_lines(request_id)) == 1
 
