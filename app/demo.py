@@ -14,7 +14,7 @@ from .validation import ChatRequest
 STOPWORDS = frozenset(
     "a an and are about as at be but by can could do for from give how i in is it me my of on or "
     "please show so tell that the this to was we what when where which who why will with would "
-    "write you your".split()
+    "write you your explain describe summarize summarise list make create compose draft generate".split()
 )
 OPENINGS = (
     "Here is a short answer about {topic}.",
@@ -23,12 +23,12 @@ OPENINGS = (
     "Once upon a time, there was {topic}.",
 )
 MIDDLES = (
-    "The first thing to notice is how {a} shapes everything around it.",
-    "Many people start with {a}, then find that {b} matters just as much.",
-    "Seen up close, {a} and {b} turn out to be two sides of one idea.",
-    "A small example helps: picture {a} on a quiet morning, waiting for {b}.",
-    "The history of {a} is longer than most guesses, and {b} is part of it.",
-    "Nobody expected {a} to change, yet {b} changed it step by step.",
+    "The first thing to notice is how the {a} shapes everything around it.",
+    "Many people start with the {a}, then find that the {b} matters just as much.",
+    "Seen up close, the {a} and the {b} turn out to be two sides of one idea.",
+    "A small example helps: picture the {a} on a quiet morning, waiting for the {b}.",
+    "The history of the {a} is longer than most guesses, and the {b} is part of it.",
+    "Nobody expected the {a} to change, yet the {b} changed it step by step.",
 )
 CLOSINGS = (
     "That is the heart of it, in a few words.",

@@ -37,7 +37,7 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
     model = raw["OPENAI_MODEL"] or DEFAULTS["OPENAI_MODEL"]
     config: dict[str, Any] = {
         "OPENAI_API_KEY": raw["OPENAI_API_KEY"] or None,
-        "OPENAI_BASE_URL": raw["OPENAI_BASE_URL"] or None,
+        "OPENAI_BASE_URL": _url(raw, "OPENAI_BASE_URL"),
         "OPENAI_MODEL": model,
         "OPENAI_API": _choice(raw, "OPENAI_API", ("chat", "responses")),
         "OPENAI_STREAM_USAGE": _flag(raw, "OPENAI_STREAM_USAGE"),
@@ -101,6 +101,16 @@ def _number(raw: Mapping[str, str], name: str, kind: type[int] | type[float], lo
     if not low <= value <= high:
         what = "a whole number" if kind is int else "a number"
         raise SettingsError(f"{name} must be {what} from {low:g} to {high:g}; got {raw[name]!r}.")
+    return value
+
+
+def _url(raw: Mapping[str, str], name: str) -> str | None:
+    value = raw[name]
+    if not value:
+        return None
+    scheme, _, rest = value.partition("://")
+    if scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise SettingsError(f"{name} must be an http:// or https:// URL; got {value!r}.")
     return value
 
 

@@ -61,6 +61,9 @@ def test_values_are_typed_and_trimmed() -> None:
         ("OPENAI_MAX_RETRIES", "11"),
         ("LOG_FORMAT", "xml"),
         ("LOG_LEVEL", "LOUD"),
+        ("OPENAI_BASE_URL", "localhost:11434/v1"),
+        ("OPENAI_BASE_URL", "ftp://example.com"),
+        ("OPENAI_BASE_URL", "https://"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_setting(name: str, value: str) -> None:
