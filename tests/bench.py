@@ -175,9 +175,51 @@ def concurrency(streams: int, words_delay_ms: int = 20) -> dict[str, Any]:
     }
 
 
+def disconnect(api: str, trials: int = 20) -> dict[str, Any]:
+    """Time from a client's close to the upstream seeing its request closed, silent and streaming."""
+    import socket
+
+    from .fake_upstream import FakeUpstream, Script
+
+    upstream = FakeUpstream().start()  # in-process: its records say when each close arrived
+    server = LiveServer(
+        {"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream.base_url, "OPENAI_API": api}
+    )
+    payload = json.dumps({"message": "hi"}).encode()
+    figures: dict[str, Any] = {"api": api, "trials": trials}
+    try:
+        for case, script in (
+            ("silent", Script(stall_after=1)),
+            ("streaming", Script(deltas=[" tok"] * 5000, delay=0.02)),
+        ):
+            delays = []
+            for _ in range(trials):
+                upstream.reset(script)
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                sock.sendall(
+                    b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(payload), payload)
+                )
+                received = b""
+                while b"tok" not in received and b"Hello" not in received:
+                    received += sock.recv(65536)
+                time.sleep(0.05)
+                sock.close()
+                hung_up = time.monotonic()
+                upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=5.0)
+                closed_at = upstream.streams[0].closed_at
+                delays.append((closed_at or float("inf")) - hung_up)
+            figures[f"{case}_p50_ms"] = percentile(delays, 0.5) * 1000
+            figures[f"{case}_max_ms"] = max(delays) * 1000
+    finally:
+        server.stop()
+        upstream.stop()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=["latency", "concurrency"])
+    parser.add_argument("scenarios", nargs="*", default=["latency", "concurrency", "disconnect"])
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--streams", type=int, nargs="*", default=[100, 500, 1000])
     args = parser.parse_args()
@@ -199,6 +241,14 @@ def main() -> None:
                 f"concurrency {row['streams']:5} demo streams: ok {row['ok']} errors {row['errors']} | "
                 f"ttfb p50 {row['ttfb_p50_ms'] or 0:.1f} ms p99 {row['ttfb_p99_ms'] or 0:.1f} ms | "
                 f"all done {row['all_done_s']:.2f} s"
+            )
+    if "disconnect" in args.scenarios:
+        report["disconnect"] = [disconnect(api) for api in ("chat", "responses")]
+        for row in report["disconnect"]:
+            print(
+                f"disconnect {row['api']:9} upstream closed after the client's close: "
+                f"silent p50 {row['silent_p50_ms']:.2f} ms max {row['silent_max_ms']:.2f} ms | "
+                f"streaming p50 {row['streaming_p50_ms']:.2f} ms max {row['streaming_max_ms']:.2f} ms"
             )
     print(json.dumps(report, indent=2))
 
