@@ -37,7 +37,7 @@ def free_port() -> int:
 class LiveServer:
     """One gunicorn master with its workers; its log goes to a file the tests can read."""
 
-    def __init__(self, settings: dict[str, str]) -> None:
+    def __init__(self, settings: dict[str, str], cpus: set[int] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Settings come only from the test (never from the developer's shell); .env fills the rest.
@@ -52,6 +52,7 @@ class LiveServer:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
         self._wait_ready()
 
@@ -66,6 +67,11 @@ class LiveServer:
             except requests.ConnectionError:
                 time.sleep(0.1)
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log_text()}")
+
+    def worker_pid(self) -> int:
+        """The pid of the (first) gunicorn worker."""
+        with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as children:
+            return int(children.read().split()[0])
 
     def log_text(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

@@ -1,0 +1,92 @@
+"""``python -m tests.bench [--quick] [scenario ...]``: the relay's speed, printed and written as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from . import scenarios
+
+FULL = {"latency": 200, "concurrency": [200, 1000, 2000], "throughput": 5, "disconnect": 20}
+QUICK = {"latency": 50, "concurrency": [200, 1000], "throughput": 1, "disconnect": 5}
+TARGETS = {
+    "added_ttfb_p50_ms": ("<=", 0.5),
+    "all_done_s@1000": ("<=", 1.3),
+    "ttfb_p99_ms@1000": ("<", 100.0),
+    "server_cpu_ms_per_1000_deltas": ("<=", 6.0),
+    "rss_per_stream_kb": ("<=", 64.0),
+    "silent_max_ms": ("<=", 5.0),
+    "streaming_max_ms": ("<=", 5.0),
+}
+
+
+def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
+    report: dict[str, Any] = {"pinning": scenarios.pinning(), "python": platform.python_version()}
+    for api in ("chat", "responses"):
+        if "latency" in names:
+            report.setdefault("latency", []).append(scenarios.latency(api, sizes["latency"]))
+        if "concurrency" in names:
+            for index, streams in enumerate(sizes["concurrency"]):
+                row = scenarios.concurrency(api, streams, direct_too=index == 1)
+                report.setdefault("concurrency", []).append(row)
+        if "throughput" in names:
+            report.setdefault("throughput", []).append(scenarios.throughput(api, sizes["throughput"]))
+        if "disconnect" in names:
+            report.setdefault("disconnect", []).append(scenarios.disconnect(api, sizes["disconnect"]))
+    return report
+
+
+def show(report: dict[str, Any]) -> None:
+    print(f"# {report['pinning']}; Python {report['python']}")
+    for row in report.get("latency", []):
+        print(
+            f"latency      {row['api']:9} 1 client, {row['requests']} streams of 20 deltas | "
+            f"TTFB direct p50 {row['direct_ttfb_p50_ms']:.2f} ms, "
+            f"service p50 {row['service_ttfb_p50_ms']:.2f} p99 {row['service_ttfb_p99_ms']:.2f} ms, "
+            f"added p50 {row['added_ttfb_p50_ms']:.2f} ms | "
+            f"total p50 {row['service_total_p50_ms']:.2f} ms | errors {row['errors']}"
+        )
+    for row in report.get("concurrency", []):
+        direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""
+        print(
+            f"concurrency  {row['api']:9} {row['streams']:5} streams x 50 deltas 20 ms apart | "
+            f"all done {row['all_done_s']:.2f} s{direct} | TTFB p50 {row['ttfb_p50_ms'] or 0:.1f} "
+            f"p99 {row['ttfb_p99_ms'] or 0:.1f} ms | RSS {row['rss_per_stream_kb']:.1f} KB/stream | "
+            f"errors {row['errors']}"
+        )
+    for row in report.get("throughput", []):
+        print(
+            f"throughput   {row['api']:9} 8 streams x 2000 unpaced deltas | "
+            f"{row['deltas_per_s']:,.0f} deltas/s (direct {row['direct_deltas_per_s']:,.0f}) | "
+            f"server CPU {row['server_cpu_ms_per_1000_deltas']:.2f} ms per 1000 deltas | "
+            f"errors {row['errors']}"
+        )
+    for row in report.get("disconnect", []):
+        print(
+            f"disconnect   {row['api']:9} client close -> upstream closed | streaming p50 "
+            f"{row['streaming_p50_ms']:.2f} max {row['streaming_max_ms']:.2f} ms | silent p50 "
+            f"{row['silent_p50_ms']:.2f} max {row['silent_max_ms']:.2f} ms"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("scenarios", nargs="*", default=list(FULL))
+    parser.add_argument("--quick", action="store_true", help="smaller runs, under 90 s in all")
+    parser.add_argument("--json", type=Path, default=Path("bench-results/bench.json"))
+    args = parser.parse_args()
+    started = time.monotonic()
+    report = run(args.scenarios, QUICK if args.quick else FULL)
+    report["seconds"] = round(time.monotonic() - started, 1)
+    show(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"# {report['seconds']} s; written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

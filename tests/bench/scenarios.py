@@ -1,0 +1,258 @@
+"""The benchmark's scenarios: each starts its fake upstream and the service, loads them, measures.
+
+The service runs exactly as the Procfile runs it, with one gevent worker. Where the machine
+has two cores or more, the service is pinned to one and this process and the fake upstream
+to another (``sched_setaffinity``, what ``taskset`` does), so the figures are per core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from ..live.server import ROOT, LiveServer, free_port
+from .load import Result, fetch, fetch_many, post
+
+CORES = sorted(os.sched_getaffinity(0))
+SERVER_CPUS = {CORES[0]}
+LOAD_CPUS = {CORES[1]} if len(CORES) > 1 else {CORES[0]}
+MARKERS = {"chat": b'"delta": {"content": "', "responses": b'"type": "response.output_text.delta"'}
+PATHS = {"chat": "/v1/chat/completions", "responses": "/v1/responses"}
+ASK = {"message": "hi"}
+
+
+def pinning() -> str:
+    if SERVER_CPUS == LOAD_CPUS:
+        return f"one core ({CORES[0]}): service, load and fake upstream share it"
+    server, load = min(SERVER_CPUS), min(LOAD_CPUS)
+    return f"service pinned to core {server}; load generator and fake upstream to core {load}"
+
+
+class Upstream:
+    """The fast fake upstream in a process of its own."""
+
+    def __init__(self, deltas: int, delay: float) -> None:
+        self.deltas = deltas
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.bench.upstream",
+                *("--port", str(free_port())),
+                "--deltas",
+                str(deltas),
+                "--delay",
+                str(delay),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPUS),
+        )
+        assert self.process.stdout is not None
+        self.base_url = self.process.stdout.readline().strip()
+        self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
+        self.expected = "".join(f" tok{i}" for i in range(deltas)).encode()
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stats", timeout=5) as answer:
+            return json.loads(answer.read())  # type: ignore[no-any-return]
+
+    def direct(self, api: str) -> bytes:
+        """A request for the upstream itself, as the service would send it."""
+        return post(PATHS[api], {"model": "gpt-4o-mini", "stream": True, "input": "hi"})
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+class Service(LiveServer):
+    """The service as the Procfile runs it, on the fake upstream, one gevent worker, pinned."""
+
+    def __init__(self, upstream: Upstream, api: str) -> None:
+        settings = {
+            "OPENAI_API_KEY": "sk-bench",
+            "OPENAI_BASE_URL": upstream.base_url,
+            "OPENAI_API": api,
+            "LOG_LEVEL": "WARNING",
+        }
+        super().__init__(settings, cpus=SERVER_CPUS)
+        self.request = post("/api/chat/stream", ASK)
+
+    def cpu_ns(self) -> int:
+        with open(f"/proc/{self.worker_pid()}/schedstat") as stat:
+            return int(stat.read().split()[0])
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.worker_pid()}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+def checked(results: list[Result], expected: bytes) -> int:
+    """How many requests failed: an error, a status other than 200, or a body not byte for byte."""
+    return sum(1 for r in results if r.error or r.status != 200 or r.body != expected)
+
+
+def p(values: list[float], share: float) -> float:
+    """The ``share`` percentile, in milliseconds."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] * 1000.0
+
+
+def latency(api: str, count: int) -> dict[str, Any]:
+    """1 client, ``count`` sequential streams of 20 deltas, read directly and through the service."""
+    upstream = Upstream(deltas=20, delay=0.0)
+    service = Service(upstream, api)
+    direct_request = upstream.direct(api)
+    try:
+
+        async def run() -> tuple[list[Result], list[Result]]:
+            direct, relayed = [], []
+            for _ in range(20):
+                await fetch(upstream.port, direct_request, MARKERS[api])
+                await fetch(service.port, service.request)
+            for _ in range(count):
+                direct.append(await fetch(upstream.port, direct_request, MARKERS[api]))
+                relayed.append(await fetch(service.port, service.request))
+            return direct, relayed
+
+        direct, relayed = asyncio.run(run())
+    finally:
+        service.stop()
+        upstream.stop()
+    added = [(s.ttfb - d.ttfb) for s, d in zip(relayed, direct, strict=True)]
+    return {
+        "api": api,
+        "requests": count,
+        "errors": checked(relayed, upstream.expected),
+        "direct_ttfb_p50_ms": p([r.ttfb for r in direct], 0.5),
+        "direct_ttfb_p99_ms": p([r.ttfb for r in direct], 0.99),
+        "service_ttfb_p50_ms": p([r.ttfb for r in relayed], 0.5),
+        "service_ttfb_p99_ms": p([r.ttfb for r in relayed], 0.99),
+        "added_ttfb_p50_ms": statistics.median(added) * 1000.0,
+        "direct_total_p50_ms": p([r.total for r in direct], 0.5),
+        "service_total_p50_ms": p([r.total for r in relayed], 0.5),
+        "service_total_p99_ms": p([r.total for r in relayed], 0.99),
+    }
+
+
+def concurrency(api: str, streams: int, direct_too: bool) -> dict[str, Any]:
+    """``streams`` concurrent streams of 50 deltas 20 ms apart through one worker."""
+    upstream = Upstream(deltas=50, delay=0.02)
+    service = Service(upstream, api)
+    figures: dict[str, Any] = {"api": api, "streams": streams}
+    try:
+
+        async def run(port: int, request: bytes, marker: bytes | None) -> tuple[list[Result], float, int]:
+            peak = 0
+            sampling = True
+
+            async def sample() -> None:
+                nonlocal peak
+                while sampling:
+                    peak = max(peak, service.rss_kb())
+                    await asyncio.sleep(0.02)
+
+            sampler = asyncio.ensure_future(sample())
+            started = time.perf_counter()
+            results = await fetch_many(port, request, streams, marker)
+            elapsed = time.perf_counter() - started
+            sampling = False
+            await sampler
+            return results, elapsed, peak
+
+        if direct_too:
+            results, elapsed, _ = asyncio.run(run(upstream.port, upstream.direct(api), MARKERS[api]))
+            figures["direct_all_done_s"] = elapsed
+        asyncio.run(fetch_many(service.port, service.request, 20))  # warm up
+        base_kb = service.rss_kb()
+        results, elapsed, peak_kb = asyncio.run(run(service.port, service.request, None))
+    finally:
+        service.stop()
+        upstream.stop()
+    ok = [r for r in results if not r.error and r.status == 200]
+    figures.update(
+        errors=checked(results, upstream.expected),
+        all_done_s=elapsed,
+        ttfb_p50_ms=p([r.ttfb for r in ok], 0.5) if ok else None,
+        ttfb_p99_ms=p([r.ttfb for r in ok], 0.99) if ok else None,
+        rss_base_mb=base_kb / 1024,
+        rss_per_stream_kb=(peak_kb - base_kb) / streams,
+    )
+    return figures
+
+
+def throughput(api: str, rounds: int) -> dict[str, Any]:
+    """8 streams of 2,000 unpaced deltas at once, ``rounds`` times: deltas per second and CPU per delta."""
+    upstream = Upstream(deltas=2000, delay=0.0)
+    service = Service(upstream, api)
+    try:
+
+        async def run(port: int, request: bytes, marker: bytes | None) -> tuple[list[Result], float]:
+            results: list[Result] = []
+            started = time.perf_counter()
+            for _ in range(rounds):
+                results += await fetch_many(port, request, 8, marker)
+            return results, time.perf_counter() - started
+
+        _, direct_s = asyncio.run(run(upstream.port, upstream.direct(api), MARKERS[api]))
+        asyncio.run(run(service.port, service.request, None))  # warm up
+        cpu_before = service.cpu_ns()
+        results, elapsed = asyncio.run(run(service.port, service.request, None))
+        cpu_ms = (service.cpu_ns() - cpu_before) / 1e6
+    finally:
+        service.stop()
+        upstream.stop()
+    deltas = 8 * 2000 * rounds
+    return {
+        "api": api,
+        "deltas": deltas,
+        "errors": checked(results, upstream.expected),
+        "direct_deltas_per_s": deltas / direct_s,
+        "deltas_per_s": deltas / elapsed,
+        "server_cpu_ms_per_1000_deltas": cpu_ms / deltas * 1000,
+    }
+
+
+def disconnect(api: str, trials: int) -> dict[str, Any]:
+    """Time from a client's close to the upstream seeing its request closed, streaming and silent."""
+    figures: dict[str, Any] = {"api": api, "trials": trials}
+    for case, delay in (("streaming", 0.02), ("silent", 30.0)):
+        upstream = Upstream(deltas=5000, delay=delay)
+        service = Service(upstream, api)
+        delays = []
+        try:
+            for _ in range(trials):
+                before = len(upstream.stats()["early_closes"])
+                sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+                sock.sendall(service.request)
+                received = b""
+                while b"tok0" not in received:
+                    received += sock.recv(65536)
+                time.sleep(0.05)
+                sock.close()
+                hung_up = time.monotonic()
+                deadline = hung_up + 5
+                closes: list[float] = []
+                while len(closes) <= before and time.monotonic() < deadline:
+                    time.sleep(0.002)
+                    closes = upstream.stats()["early_closes"]
+                delays.append(closes[-1] - hung_up if len(closes) > before else float("inf"))
+        finally:
+            service.stop()
+            upstream.stop()
+        figures[f"{case}_p50_ms"] = p(delays, 0.5)
+        figures[f"{case}_max_ms"] = max(delays) * 1000.0
+    return figures
