@@ -1,15 +1,18 @@
 """The OpenAI (or OpenAI-compatible) model behind the official SDK.
 
-``stream(chat)`` yields the reply's text deltas as they arrive, then one Usage (or None).
-The SDK builds and sends the request, retries before any byte arrives, and maps HTTP
-errors; the body is read through its raw streaming-response interface and each event's
-JSON decoded here, which costs a fraction of building the SDK's typed chunk objects.
+``stream(chat)`` yields the reply's text as it arrives, then one Usage (or None). The SDK
+builds, authenticates and sends the request, retries before any byte arrives, and maps
+HTTP errors to its typed exceptions; the body is taken raw (the SDK's documented low-level
+``post`` with ``cast_to=httpx2.Response``) and its events decoded here with orjson, which
+costs a small fraction of building the SDK's typed parameter and chunk objects. The deltas
+that one network read completes are joined into one piece of text, so they go out in one
+write: nothing waits to be batched, and nothing already in hand waits either.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
 import math
 import socket
 from collections.abc import Generator, Iterable, Iterator, Mapping
@@ -18,12 +21,20 @@ from typing import Any
 
 import httpx2
 import openai
+import orjson
 
 from .errors import UpstreamError, UpstreamTimeout
 from .validation import ChatRequest
 
 OPENAI_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"  # keyless local servers (Ollama, vLLM) still get a bearer header
+# Raw bytes are the body only when nothing compresses it; SSE is not worth compressing anyway.
+# httpcore2's pool makes a pass over all its connections whenever a request starts or ends,
+# probing each idle one's socket: with one pool, a request costs more the more streams are
+# open or were. Many small pools, each keeping few idle connections, keep every pass short.
+POOL_SHARDS = 32
+IDLE_PER_POOL = 8
+STREAM: Any = {"headers": {"Accept": "text/event-stream", "Accept-Encoding": "identity"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,7 @@ class Reply:
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None  # the upstream connection, while the body is open
+        self.complete = False  # the model's end of stream arrived
 
     def __iter__(self) -> Generator[Delta]:
         return self.deltas
@@ -70,18 +82,26 @@ class Reply:
 class OpenAILLM:
     """Streams replies from the Chat Completions or the Responses API."""
 
-    def __init__(self, config: Mapping[str, Any], http_client: httpx2.Client | None = None) -> None:
+    def __init__(self, config: Mapping[str, Any]) -> None:
         timeout = config["UPSTREAM_TIMEOUT_S"]
         self.api = config["OPENAI_API"]
         self.stream_usage = config["OPENAI_STREAM_USAGE"]
-        self.client = openai.OpenAI(
-            api_key=config["OPENAI_API_KEY"] or PLACEHOLDER_KEY,
-            base_url=config["OPENAI_BASE_URL"] or OPENAI_URL,
-            # The read timeout bounds the silence between two chunks, not the whole reply.
-            timeout=httpx2.Timeout(timeout, connect=timeout),
-            max_retries=config["OPENAI_MAX_RETRIES"],
-            http_client=http_client,
-        )
+        limit = max(1, -(-config["UPSTREAM_MAX_CONNECTIONS"] // POOL_SHARDS))
+        limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=min(limit, IDLE_PER_POOL))
+        tls = httpx2.create_ssl_context()  # one for all pools: building one reads the CA bundle
+        self.clients = [
+            openai.OpenAI(
+                api_key=config["OPENAI_API_KEY"] or PLACEHOLDER_KEY,
+                base_url=config["OPENAI_BASE_URL"] or OPENAI_URL,
+                # The read timeout bounds the silence between two chunks, not the whole reply.
+                timeout=httpx2.Timeout(timeout, connect=timeout),
+                max_retries=config["OPENAI_MAX_RETRIES"],
+                http_client=openai.DefaultHttpxClient(limits=limits, verify=tls),
+            )
+            for _ in range(POOL_SHARDS)
+        ]
+        self.client = self.clients[0]
+        self._turn = itertools.count()
 
     def stream(self, chat: ChatRequest) -> Reply:
         """Start a reply: iterate it for text deltas, then the Usage (None when the server sent none)."""
@@ -90,19 +110,25 @@ class OpenAILLM:
         return reply
 
     def _deltas(self, chat: ChatRequest, reply: Reply) -> Generator[Delta]:
+        if self.api == "responses":
+            path, body, parse = "/responses", responses_params(chat), parse_responses
+        else:
+            path, body, parse = "/chat/completions", chat_params(chat, self.stream_usage), parse_chat
         try:
-            if self.api == "responses":
-                opened = self.client.responses.with_streaming_response.create(**responses_params(chat))
-                parse = parse_responses
-            else:
-                opened = self.client.chat.completions.with_streaming_response.create(
-                    **chat_params(chat, self.stream_usage)
-                )
-                parse = parse_chat
-            with opened as response:
-                network = response.http_response.extensions.get("network_stream")
+            client = self.clients[next(self._turn) % len(self.clients)]
+            response = client.post(path, cast_to=httpx2.Response, body=body, options=STREAM, stream=True)
+            reads = response.iter_raw()
+            try:
+                network = response.extensions.get("network_stream")
                 reply.sock = network.get_extra_info("socket") if network is not None else None
-                yield from parse(sse_data(response.iter_bytes()))
+                usage = yield from parse(sse_batches(reads))
+                reply.complete = True
+                yield usage  # the last item: the consumer closes us once it is sent on
+            finally:
+                reply.sock = None
+                if reply.complete:
+                    drain(reads)
+                response.close()
         except openai.APIError as error:
             raise from_sdk_error(error, chat.model) from None
         except httpx2.TimeoutException:
@@ -111,12 +137,11 @@ class OpenAILLM:
             ) from None
         except httpx2.HTTPError:
             raise UpstreamError("The connection to the model broke.", reason="upstream_broken") from None
-        finally:
-            reply.sock = None
 
     def close(self) -> None:
-        """Release the connection pool."""
-        self.client.close()
+        """Release the connection pools."""
+        for client in self.clients:
+            client.close()
 
 
 def chat_params(chat: ChatRequest, stream_usage: bool) -> dict[str, Any]:
@@ -146,78 +171,102 @@ def responses_params(chat: ChatRequest) -> dict[str, Any]:
     return params
 
 
-def sse_data(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Yield the data of each server-sent event in a byte stream (field lines, blank-line ends)."""
+def drain(reads: Iterator[bytes]) -> None:
+    """Read what is left of a finished reply (the end of its chunked body), so the connection
+    goes back to the pool instead of being closed: a new one costs a TCP and TLS handshake."""
+    with contextlib.suppress(httpx2.HTTPError):
+        for _ in reads:
+            pass
+
+
+def sse_batches(reads: Iterable[bytes]) -> Iterator[list[bytes]]:
+    """For each network read, the data of the server-sent events it completed (often one)."""
     pending = b""
-    data: list[bytes] = []
-    for chunk in chunks:
-        pending += chunk
-        if b"\n" not in chunk:
-            continue
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if data:
-                    yield b"\n".join(data)
-                    data = []
-            elif line.startswith(b"data:"):
-                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-            # "event:", "id:", "retry:" and ": comments" carry nothing the JSON does not.
-    if pending.startswith(b"data:"):
-        data.append(pending[6:] if pending.startswith(b"data: ") else pending[5:])
-    if data:
-        yield b"\n".join(data)
+    for read in reads:
+        if pending:
+            read = pending + read
+        if b"\r" in read:
+            read = read.replace(b"\r\n", b"\n")
+        *blocks, pending = read.split(b"\n\n")
+        if blocks:
+            yield [data for block in blocks if (data := event_data(block)) is not None]
+    if pending and (data := event_data(pending)) is not None:
+        yield [data]
 
 
-def parse_chat(events: Iterable[bytes]) -> Iterator[Delta]:
-    """Text and usage from ``chat.completion.chunk`` events up to ``[DONE]``."""
+def event_data(block: bytes) -> bytes | None:
+    """The data of one event's lines; "event:", "id:", "retry:" and comments carry nothing we need."""
+    if block.startswith(b"data: ") and b"\n" not in block:
+        return block[6:]  # the usual shape: one data line
+    data = [
+        line[6:] if line.startswith(b"data: ") else line[5:]
+        for line in block.split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return b"\n".join(data) if data else None
+
+
+def parse_chat(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | None]:
+    """Text from ``chat.completion.chunk`` events up to ``[DONE]``; returns the usage."""
     usage = None
     finished = False
-    for data in events:
-        if data == b"[DONE]":
-            yield usage
-            return
-        event = decode(data)
-        if event.get("error"):
-            raise in_band_error(event["error"])
-        for choice in event.get("choices") or ():
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                yield text
-            finished = finished or bool(choice.get("finish_reason"))
-        if event.get("usage"):
-            usage = read_usage(event["usage"], "prompt_tokens", "completion_tokens")
+    for batch in batches:
+        texts: list[str] = []
+        for data in batch:
+            if data == b"[DONE]":
+                if texts:
+                    yield "".join(texts)
+                return usage
+            event = decode(data)
+            if event.get("error"):
+                if texts:
+                    yield "".join(texts)
+                raise in_band_error(event["error"])
+            for choice in event.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    texts.append(text)
+                finished = finished or bool(choice.get("finish_reason"))
+            if event.get("usage"):
+                usage = read_usage(event["usage"], "prompt_tokens", "completion_tokens")
+        if texts:
+            yield texts[0] if len(texts) == 1 else "".join(texts)
     if not finished:
         raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
-    yield usage
+    return usage
 
 
-def parse_responses(events: Iterable[bytes]) -> Iterator[Delta]:
-    """Text and usage from the Responses API's typed events up to ``response.completed``."""
-    for data in events:
-        event = decode(data)
-        kind = event.get("type")
-        if kind == "response.output_text.delta":
-            text = event.get("delta")
-            if text:
-                yield text
-        elif kind in ("response.completed", "response.incomplete"):
-            usage = (event.get("response") or {}).get("usage")
-            yield read_usage(usage, "input_tokens", "output_tokens") if usage else None
-            return
-        elif kind == "response.failed":
-            raise in_band_error((event.get("response") or {}).get("error") or {})
-        elif kind == "error":
-            raise in_band_error(event)
+def parse_responses(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | None]:
+    """Text from the Responses API's typed events up to ``response.completed``; returns the usage."""
+    for batch in batches:
+        texts: list[str] = []
+        for data in batch:
+            event = decode(data)
+            kind = event.get("type")
+            if kind == "response.output_text.delta":
+                text = event.get("delta")
+                if text:
+                    texts.append(text)
+                continue
+            if texts:
+                yield "".join(texts)
+                texts = []
+            if kind in ("response.completed", "response.incomplete"):
+                usage = (event.get("response") or {}).get("usage")
+                return read_usage(usage, "input_tokens", "output_tokens") if usage else None
+            if kind == "response.failed":
+                raise in_band_error((event.get("response") or {}).get("error") or {})
+            if kind == "error":
+                raise in_band_error(event)
+        if texts:
+            yield texts[0] if len(texts) == 1 else "".join(texts)
     raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
 
 
 def decode(data: bytes) -> dict[str, Any]:
     """One event's JSON object, or an UpstreamError for anything else."""
     try:
-        event = json.loads(data)
+        event = orjson.loads(data)
     except ValueError:
         event = None
     if not isinstance(event, dict):

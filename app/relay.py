@@ -6,10 +6,10 @@ calls ``close()`` when the last byte went out or the client left.
 
 from __future__ import annotations
 
+import _thread
 import logging
 import select
 import socket
-import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
 from typing import Protocol
@@ -54,7 +54,7 @@ class Relay:
         Under gevent the thread is a greenlet. Without this, a departure is seen only when
         a write fails, which during a long silence is never.
         """
-        threading.Thread(target=self._watch, args=(client,), name="client-watch", daemon=True).start()
+        _thread.start_new_thread(self._watch, (client,))
 
     def open(self) -> None:
         """Wait for the first delta, so a failure before it raises while a status can still be sent."""
@@ -127,8 +127,9 @@ class Relay:
                 self.chunks += 1
                 self.chars += len(item)
                 yield item
-            elif item is not None:
+            else:
                 self.usage = item  # type: ignore[assignment]
+                return  # the usage (or None) is the last item: the reply is over
             try:
                 item = next(self.deltas)
             except StopIteration:

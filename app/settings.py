@@ -20,6 +20,7 @@ DEFAULTS: dict[str, str] = {
     "MAX_MESSAGE_CHARS": "32000",
     "UPSTREAM_TIMEOUT_S": "60",
     "DEMO_DELAY_MS": "20",
+    "UPSTREAM_MAX_CONNECTIONS": "4000",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -49,6 +50,7 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
         "MAX_MESSAGE_CHARS": _number(raw, "MAX_MESSAGE_CHARS", int, 1, 1_000_000),
         "UPSTREAM_TIMEOUT_S": _number(raw, "UPSTREAM_TIMEOUT_S", float, 0.1, 3600),
         "DEMO_DELAY_MS": _number(raw, "DEMO_DELAY_MS", float, 0, 10_000),
+        "UPSTREAM_MAX_CONNECTIONS": _number(raw, "UPSTREAM_MAX_CONNECTIONS", int, 1, 1_000_000),
     }
     config["PROVIDER"] = resolve_provider(config)
     return config

@@ -50,8 +50,9 @@ def api(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_openai_app(upstream: FakeUpstream) -> Callable[..., Flask]:
+def make_openai_app(upstream: FakeUpstream) -> Iterator[Callable[..., Flask]]:
     """Build an app that talks to the fake upstream; keyword arguments are settings."""
+    made: list[Flask] = []
 
     def make(**settings: str) -> Flask:
         config = {
@@ -61,9 +62,12 @@ def make_openai_app(upstream: FakeUpstream) -> Callable[..., Flask]:
             "UPSTREAM_TIMEOUT_S": "2",
             **settings,
         }
-        return create_app(config)
+        made.append(create_app(config))
+        return made[-1]
 
-    return make
+    yield make
+    for app in made:
+        app.extensions["llm"].close()  # pooled upstream connections
 
 
 @pytest.fixture

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import httpx2
 import pytest
 
 from app.errors import UpstreamError
-from app.llm import OpenAILLM, Usage, retry_after, sse_data
+from app.llm import OpenAILLM, Usage, retry_after, sse_batches
 from app.settings import load_settings
 from app.validation import ChatRequest
 
@@ -24,13 +25,25 @@ FULL = ChatRequest(
 )
 
 
-def make_llm(upstream: FakeUpstream, **settings: str) -> OpenAILLM:
-    environ = {"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream.base_url} | settings
-    return OpenAILLM(load_settings(environ))
+@pytest.fixture
+def make_llm(upstream: FakeUpstream) -> Iterator[Callable[..., OpenAILLM]]:
+    """Build OpenAILLMs on the fake upstream (keyword arguments are settings); close them after."""
+    made: list[OpenAILLM] = []
+
+    def make(**settings: str) -> OpenAILLM:
+        environ = {"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream.base_url} | settings
+        made.append(OpenAILLM(load_settings(environ)))
+        return made[-1]
+
+    yield make
+    for llm in made:
+        llm.close()
 
 
-def test_chat_completions_request_carries_every_option(upstream: FakeUpstream) -> None:
-    items = list(make_llm(upstream).stream(FULL))
+def test_chat_completions_request_carries_every_option(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
+) -> None:
+    items = list(make_llm().stream(FULL))
     assert items == ["Hello", ",", " world", "!", Usage(9, 4)]
     [received] = upstream.requests
     assert received.path == "/v1/chat/completions"
@@ -45,8 +58,10 @@ def test_chat_completions_request_carries_every_option(upstream: FakeUpstream) -
     }
 
 
-def test_responses_request_carries_every_option(upstream: FakeUpstream) -> None:
-    items = list(make_llm(upstream, OPENAI_API="responses").stream(FULL))
+def test_responses_request_carries_every_option(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
+) -> None:
+    items = list(make_llm(OPENAI_API="responses").stream(FULL))
     assert items == ["Hello", ",", " world", "!", Usage(9, 4)]
     [received] = upstream.requests
     assert received.path == "/v1/responses"
@@ -60,30 +75,35 @@ def test_responses_request_carries_every_option(upstream: FakeUpstream) -> None:
     }
 
 
-def test_optional_fields_are_left_out_when_not_given(upstream: FakeUpstream, api: str) -> None:
+def test_optional_fields_are_left_out_when_not_given(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, api: str
+) -> None:
     chat = ChatRequest(messages=({"role": "user", "content": "hi"},), model="m")
-    list(make_llm(upstream, OPENAI_API=api, OPENAI_STREAM_USAGE="false").stream(chat))
+    list(make_llm(OPENAI_API=api, OPENAI_STREAM_USAGE="false").stream(chat))
     body = upstream.requests[0].body
     assert not {"temperature", "max_tokens", "max_output_tokens", "instructions", "stream_options"} & set(
         body
     )
 
 
-def test_stream_usage_off_gives_no_usage(upstream: FakeUpstream) -> None:
+def test_stream_usage_off_gives_no_usage(make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream) -> None:
     chat = ChatRequest(messages=({"role": "user", "content": "hi"},), model="m")
-    items = list(make_llm(upstream, OPENAI_STREAM_USAGE="false").stream(chat))
+    items = list(make_llm(OPENAI_STREAM_USAGE="false").stream(chat))
     assert items == ["Hello", ",", " world", "!", None]
 
 
 def test_a_keyless_base_url_sends_a_placeholder_key(upstream: FakeUpstream) -> None:
     llm = OpenAILLM(load_settings({"OPENAI_BASE_URL": upstream.base_url}))
     list(llm.stream(FULL))
+    llm.close()
     assert upstream.requests[0].headers["authorization"] == "Bearer not-needed"
 
 
-def test_closing_the_stream_closes_the_upstream_connection(upstream: FakeUpstream, api: str) -> None:
+def test_closing_the_stream_closes_the_upstream_connection(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, api: str
+) -> None:
     upstream.script = Script(stall_after=1)
-    reply = make_llm(upstream, OPENAI_API=api).stream(FULL)
+    reply = make_llm(OPENAI_API=api).stream(FULL)
     assert next(iter(reply)) == "Hello"
     reply.close()
     assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
@@ -91,9 +111,11 @@ def test_closing_the_stream_closes_the_upstream_connection(upstream: FakeUpstrea
     assert reply.sock is None
 
 
-def test_cancel_from_another_thread_ends_a_silent_stream(upstream: FakeUpstream, api: str) -> None:
+def test_cancel_from_another_thread_ends_a_silent_stream(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, api: str
+) -> None:
     upstream.script = Script(stall_after=1)
-    reply = make_llm(upstream, OPENAI_API=api, UPSTREAM_TIMEOUT_S="30").stream(FULL)
+    reply = make_llm(OPENAI_API=api, UPSTREAM_TIMEOUT_S="30").stream(FULL)
     deltas = iter(reply)
     assert next(deltas) == "Hello"
     timer = threading.Timer(0.2, reply.cancel)
@@ -107,14 +129,18 @@ def test_cancel_from_another_thread_ends_a_silent_stream(upstream: FakeUpstream,
     reply.cancel()  # again, after the end: nothing to do
 
 
-def test_cancel_before_the_request_is_harmless(upstream: FakeUpstream) -> None:
-    reply = make_llm(upstream).stream(FULL)
+def test_cancel_before_the_request_is_harmless(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
+) -> None:
+    reply = make_llm().stream(FULL)
     reply.cancel()
     assert list(reply)[-1] == Usage(9, 4)
 
 
-def test_the_connection_is_reused_between_replies(upstream: FakeUpstream) -> None:
-    llm = make_llm(upstream)
+def test_the_connection_is_reused_between_replies(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
+) -> None:
+    llm = make_llm()
     for _ in range(3):
         assert list(llm.stream(FULL))[-1] == Usage(9, 4)
     assert len(upstream.requests) == 3
@@ -122,7 +148,7 @@ def test_the_connection_is_reused_between_replies(upstream: FakeUpstream) -> Non
 
 
 def events(*chunks: bytes) -> list[bytes]:
-    return list(sse_data(chunks))
+    return [data for batch in sse_batches(chunks) for data in batch]
 
 
 @pytest.mark.parametrize(
@@ -140,7 +166,7 @@ def events(*chunks: bytes) -> list[bytes]:
         ((b"\n\n\n",), []),
     ],
 )
-def test_sse_data_splits_events(chunks: tuple[bytes, ...], expected: list[bytes]) -> None:
+def test_sse_batches_split_events(chunks: tuple[bytes, ...], expected: list[bytes]) -> None:
     assert events(*chunks) == expected
 
 
@@ -177,4 +203,8 @@ def test_chat_stream_with_a_finish_but_no_done_is_complete() -> None:
     from app.llm import parse_chat
 
     body = b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": "stop"}]}\n\n'
-    assert list(parse_chat(sse_data([body]))) == ["a", None]
+    parser = parse_chat(sse_batches([body]))
+    assert next(parser) == "a"
+    with pytest.raises(StopIteration) as ended:
+        next(parser)
+    assert ended.value.value is None  # no usage was reported
