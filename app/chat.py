@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .relay import Relay
 from .validation import parse_chat, read_json
@@ -35,9 +36,18 @@ def chat_stream() -> Response:
     return Response(relay, mimetype="text/plain", headers=STREAM_HEADERS)
 
 
+def read_body() -> bytes:
+    """The request body, or a 413 when it is over the limit, whether or not it is chunked."""
+    data = request.get_data(cache=False)
+    # A chunked body is cut at the limit without a word: one more byte tells.
+    if len(data) >= (current_app.config["MAX_CONTENT_LENGTH"] or 0) and request.stream.read(1):
+        raise RequestEntityTooLarge()
+    return data
+
+
 def start_relay() -> Relay:
     """Check the body, open the model's stream, and wait for its first delta."""
-    body = read_json(request.get_data(cache=False), request.mimetype)
+    body = read_json(read_body(), request.mimetype)
     chat = parse_chat(body, current_app.config)
     g.model = chat.model
     llm = current_app.extensions["llm"]

@@ -59,6 +59,7 @@ class Reply:
     def __init__(self) -> None:
         self.sock: socket.socket | None = None  # the upstream connection, while the body is open
         self.complete = False  # the model's end of stream arrived
+        self.cancelled = False
 
     def __iter__(self) -> Generator[Delta]:
         return self.deltas
@@ -71,8 +72,11 @@ class Reply:
         """Shut the upstream connection down now, even while another greenlet waits on it.
 
         The waiting read sees the end of the stream and unwinds as usual; a shutdown is
-        one system call, safe where closing the SDK's response from outside is not.
+        one system call, safe where closing the SDK's response from outside is not. Before
+        the response headers arrive the connection is not known yet: then the reply hangs
+        up as soon as they do, before reading any of the body.
         """
+        self.cancelled = True
         sock = self.sock
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -121,6 +125,8 @@ class OpenAILLM:
             try:
                 network = response.extensions.get("network_stream")
                 reply.sock = network.get_extra_info("socket") if network is not None else None
+                if reply.cancelled:
+                    reply.cancel()
                 usage = yield from parse(sse_batches(reads))
                 reply.complete = True
                 yield usage  # the last item: the consumer closes us once it is sent on
@@ -222,11 +228,16 @@ def parse_chat(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | N
                 if texts:
                     yield "".join(texts)
                 raise in_band_error(event["error"])
-            for choice in event.get("choices") or ():
-                text = (choice.get("delta") or {}).get("content")
-                if text:
-                    texts.append(text)
-                finished = finished or bool(choice.get("finish_reason"))
+            try:
+                for choice in event.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    if text:
+                        if type(text) is not str:
+                            raise TypeError
+                        texts.append(text)
+                    finished = finished or bool(choice.get("finish_reason"))
+            except (AttributeError, TypeError):
+                raise malformed() from None
             if event.get("usage"):
                 usage = read_usage(event["usage"], "prompt_tokens", "completion_tokens")
         if texts:
@@ -246,21 +257,29 @@ def parse_responses(batches: Iterable[list[bytes]]) -> Generator[str, None, Usag
             if kind == "response.output_text.delta":
                 text = event.get("delta")
                 if text:
+                    if type(text) is not str:
+                        raise malformed()
                     texts.append(text)
                 continue
             if texts:
                 yield "".join(texts)
                 texts = []
             if kind in ("response.completed", "response.incomplete"):
-                usage = (event.get("response") or {}).get("usage")
+                response = event.get("response")
+                usage = response.get("usage") if isinstance(response, dict) else None
                 return read_usage(usage, "input_tokens", "output_tokens") if usage else None
             if kind == "response.failed":
-                raise in_band_error((event.get("response") or {}).get("error") or {})
+                response = event.get("response")
+                raise in_band_error(response.get("error") if isinstance(response, dict) else None)
             if kind == "error":
                 raise in_band_error(event)
         if texts:
             yield texts[0] if len(texts) == 1 else "".join(texts)
     raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
+
+
+def malformed() -> UpstreamError:
+    return UpstreamError("The model sent an event that could not be read.", reason="upstream_malformed")
 
 
 def decode(data: bytes) -> dict[str, Any]:
@@ -270,7 +289,7 @@ def decode(data: bytes) -> dict[str, Any]:
     except ValueError:
         event = None
     if not isinstance(event, dict):
-        raise UpstreamError("The model sent an event that could not be read.", reason="upstream_malformed")
+        raise malformed()
     return event
 
 

@@ -9,12 +9,14 @@ import sys
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 
 access_log = logging.getLogger("app.access")
 
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+PATH_SAFE = "/:@!$&'()*+,;=-._~"
 QUIET_LOGGERS = ("httpx2", "httpcore", "openai")  # per-request INFO lines of their own
 
 
@@ -73,7 +75,9 @@ def finish_request(response: Response) -> Response:
     if g.get("server_timing"):
         total_ms = (time.perf_counter() - started) * 1000.0
         response.headers["Server-Timing"] = f"{g.server_timing}, total;dur={total_ms:.1f}"
-    fields: dict[str, Any] = {"method": request.method, "path": request.path, "status": response.status_code}
+    # Re-encoded, so a path cannot smuggle a line break or a space into the log.
+    path = quote(request.path, safe=PATH_SAFE)
+    fields: dict[str, Any] = {"method": request.method, "path": path, "status": response.status_code}
     relay = g.get("relay")
     reason = g.get("error_reason")
 

@@ -78,10 +78,15 @@ class Relay:
         except UpstreamError as error:
             self._end("error", error.reason)
             raise
+        except BaseException:
+            self._end("error", "internal")
+            raise
         finally:
             self.source.close()
         self._end("complete")
-        return reply
+        # The same repair the stream applies, so the two routes give the same text.
+        data, carry = utf8(reply)
+        return data.decode() + ("\ufffd" if carry else "")
 
     def __iter__(self) -> Iterator[bytes]:
         self._body = self._plain()
@@ -128,7 +133,7 @@ class Relay:
                 self.chars += len(item)
                 yield item
             else:
-                self.usage = item  # type: ignore[assignment]
+                self.usage = item if isinstance(item, Usage) else None
                 return  # the usage (or None) is the last item: the reply is over
             try:
                 item = next(self.deltas)

@@ -66,8 +66,8 @@ def resolve_provider(config: Mapping[str, Any]) -> str:
     has_key = bool(config["OPENAI_API_KEY"])
     if choice == "openai" and not has_key:
         raise SettingsError(
-            "LLM_PROVIDER is 'openai' but OPENAI_API_KEY is not set: "
-            "set the key, or use LLM_PROVIDER=auto to fall back to the demo model."
+            "LLM_PROVIDER is 'openai' but OPENAI_API_KEY is not set: set the key (any value, "
+            "for a local server that needs none), or use LLM_PROVIDER=auto."
         )
     if choice == "auto":
         return "openai" if has_key or config["OPENAI_BASE_URL"] else "demo"

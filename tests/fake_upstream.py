@@ -29,6 +29,7 @@ class Script:
     error_message: str = "Scripted failure."
     error_code: str | None = None
     no_headers: bool = False  # accept the request, then never answer
+    headers_delay: float = 0.0  # silence before the response headers (a model still loading)
     stall_after: int | None = None  # after N deltas, go silent until the client leaves
     cut_after: int | None = None  # after N deltas, drop the connection mid-body
     malformed_after: int | None = None  # after N deltas, send an event that is not JSON
@@ -189,6 +190,8 @@ class FakeUpstream:
     ) -> str:
         responses = path.endswith("/responses")
         model = body.get("model", "unknown")
+        if script.headers_delay:
+            await asyncio.sleep(script.headers_delay)
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
             b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"

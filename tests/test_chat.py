@@ -284,3 +284,13 @@ def test_the_scripted_model_sees_the_parsed_request(client: FlaskClient, fake_ll
     assert client.post("/api/chat", json=body).get_json()["reply"] == "Hi there"
     [chat] = fake_llm.calls
     assert chat.instructions == "Be brief." and chat.temperature == 0.0 and chat.max_tokens == 9
+
+
+@pytest.mark.parametrize("route", ROUTES)
+def test_both_routes_repair_a_lone_surrogate_the_same_way(
+    client: FlaskClient, fake_llm: FakeLLM, route: str
+) -> None:
+    fake_llm.deltas = ["ok ", "\udc00", "!"]
+    response = client.post(route, json=ASK)
+    text = response.get_json()["reply"] if route == "/api/chat" else response.get_data(as_text=True)
+    assert text == "ok \ufffd!"

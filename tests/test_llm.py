@@ -129,12 +129,56 @@ def test_cancel_from_another_thread_ends_a_silent_stream(
     reply.cancel()  # again, after the end: nothing to do
 
 
-def test_cancel_before_the_request_is_harmless(
+def test_a_cancel_before_the_headers_hangs_up_as_they_arrive(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
+    upstream.script = Script(deltas=["a"] * 100, delay=0.05)
     reply = make_llm().stream(FULL)
-    reply.cancel()
-    assert list(reply)[-1] == Usage(9, 4)
+    reply.cancel()  # nothing is connected yet
+    with pytest.raises(UpstreamError):
+        next(iter(reply))
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    assert upstream.streams[0].deltas_sent <= 1
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'{"choices": [{"delta": {"content": 5}}]}',
+        b'{"choices": ["x"]}',
+        b'{"choices": [{"delta": "x"}]}',
+        b'{"choices": 7}',
+        b"[1, 2]",
+        b'"text"',
+    ],
+)
+def test_chat_events_of_the_wrong_shape_are_malformed(event: bytes) -> None:
+    from app.llm import parse_chat
+
+    with pytest.raises(UpstreamError) as caught:
+        list(parse_chat(sse_batches([b"data: " + event + b"\n\n"])))
+    assert caught.value.reason == "upstream_malformed"
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        b'{"type": "response.output_text.delta", "delta": 5}',
+        b'{"type": "response.completed", "response": "done"}',
+    ],
+)
+def test_responses_events_of_the_wrong_shape_are_handled(event: bytes) -> None:
+    from app.llm import parse_responses
+
+    parser = parse_responses(sse_batches([b"data: " + event + b"\n\n"]))
+    if b"delta" in event:
+        with pytest.raises(UpstreamError) as caught:
+            list(parser)
+        assert caught.value.reason == "upstream_malformed"
+    else:
+        with pytest.raises(StopIteration) as ended:
+            next(parser)
+        assert ended.value.value is None
 
 
 def test_the_connection_is_reused_between_replies(

@@ -187,3 +187,23 @@ def test_no_secret_or_message_text_is_logged_at_info(
     assert len(access_records(caplog)) == 7
     for secret in (SECRET_KEY, SECRET_KEY[:12], "client-SENTINEL-token", "zebras"):
         assert secret not in text
+
+
+def test_a_path_cannot_forge_a_log_line(client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    client.get("/x%0aPOST%20/api/chat/stream%20200%20outcome=complete", buffered=True)
+    [record] = access_records(caplog)
+    message = record.getMessage()
+    assert "\n" not in message and message.startswith("GET /x%0APOST%20/api/chat/stream%20200")
+    assert record.fields["path"] == "/x%0APOST%20/api/chat/stream%20200%20outcome=complete"  # type: ignore[attr-defined]
+
+
+def test_an_unexpected_error_on_the_json_route_is_an_error_outcome(
+    client: FlaskClient, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    fake_llm.fail_after = 1
+    fake_llm.error = KeyError("surprise")
+    assert client.post("/api/chat", json=ASK, buffered=True).status_code == 500
+    [record] = access_records(caplog)
+    assert (record.fields["outcome"], record.fields["reason"]) == ("error", "internal")  # type: ignore[attr-defined]

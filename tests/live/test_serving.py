@@ -6,6 +6,7 @@ import itertools
 import json
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -112,6 +113,46 @@ def test_a_client_leaving_during_a_silence_closes_the_upstream(
     assert line["outcome"] == "disconnected"
     time.sleep(0.1)
     assert len(openai_server.access_lines(request_id)) == 1
+
+
+def test_a_client_leaving_before_the_upstream_headers_is_let_go_when_they_arrive(
+    openai_server: LiveServer, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(deltas=[f"w{i} " for i in range(40)], delay=0.05, headers_delay=0.6)
+    request_id = f"early-{time.monotonic_ns()}"
+    sock = open_request(openai_server, "/api/chat/stream", request_id)
+    assert upstream.wait_until(lambda: upstream.open_streams() == 1, timeout=2.0)
+    time.sleep(0.1)
+    sock.close()  # the upstream has not answered yet: nothing to shut down until it does
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=2.0)
+    stream = upstream.streams[0]
+    assert stream.closed_at is not None and stream.closed_at - stream.opened_at < 0.6 + 0.3
+    assert stream.deltas_sent <= 1
+    assert openai_server.wait_for_access_line(request_id)["outcome"] == "disconnected"
+
+
+def test_a_chunked_body_over_the_limit_is_413(demo_server: LiveServer) -> None:
+    def chunks(size: int) -> Iterator[bytes]:
+        yield b'{"message": "hi", "pad": "'
+        for _ in range(size // 65536):
+            yield b"a" * 65536
+        yield b'"}'
+
+    headers = {"Content-Type": "application/json"}
+    url = f"{demo_server.url}/api/chat"
+    big = requests.post(url, data=chunks(3 * 1024 * 1024), headers=headers, timeout=10)
+    assert big.status_code == 413
+    assert big.json() == {"error": "The request body is larger than the 1 MiB limit."}
+    small = requests.post(url, data=chunks(512 * 1024), headers=headers, timeout=10)
+    assert small.status_code == 200 and small.json()["reply"]
+
+
+def test_a_bad_setting_stops_start_up_with_one_sentence() -> None:
+    with pytest.raises(RuntimeError) as caught:
+        LiveServer({"UPSTREAM_TIMEOUT_S": "soon"})
+    output = str(caught.value)
+    assert "error: UPSTREAM_TIMEOUT_S must be a number from 0.1 to 3600; got 'soon'." in output
+    assert "Traceback" not in output
 
 
 def test_the_access_line_is_written_when_the_stream_ends(
