@@ -106,6 +106,9 @@ class OpenAILLM:
         ]
         self.client = self.clients[0]
         self._turn = itertools.count()
+        # The SDK builds its platform headers on first use, and that runs `uname` in a
+        # subprocess: cached only once done, so a burst of first requests would each fork.
+        _ = self.client.default_headers
 
     def stream(self, chat: ChatRequest) -> Reply:
         """Start a reply: iterate it for text deltas, then the Usage (None when the server sent none)."""

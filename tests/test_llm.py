@@ -252,3 +252,20 @@ def test_chat_stream_with_a_finish_but_no_done_is_complete() -> None:
     with pytest.raises(StopIteration) as ended:
         next(parser)
     assert ended.value.value is None  # no usage was reported
+
+
+def test_platform_headers_are_built_before_the_first_request(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The SDK finds its platform by running `uname` in a subprocess on first use; a burst of
+    # first requests in a busy worker would each fork one. The client must do it up front.
+    from openai import _base_client
+
+    _base_client.platform_headers.cache_clear()
+    llm = make_llm()
+
+    def no_subprocess_now() -> str:
+        raise AssertionError("platform detected during a request")
+
+    monkeypatch.setattr(_base_client, "get_platform", no_subprocess_now)
+    assert list(llm.stream(FULL))[-1] == Usage(9, 4)
