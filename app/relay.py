@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
 REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
-WATCH_POLL_S = 1.0  # how long a finished relay's client watcher may linger
+WATCH_POLL_MS = 1000  # how long a finished relay's client watcher may linger
 
 
 class Source(Iterable[Delta], Protocol):
@@ -106,18 +106,23 @@ class Relay:
         self.outcome, self.reason = outcome, reason
 
     def _watch(self, client: socket.socket) -> None:
+        # poll, not select: select() cannot take descriptors past 1023, which a busy worker has.
+        poller = select.poll()
+        poller.register(client, select.POLLIN)
         try:
-            while not self.finished:
-                readable, _, _ = select.select([client], [], [], WATCH_POLL_S)
-                if readable and not self.finished:
-                    if client.recv(1, socket.MSG_PEEK):
-                        return  # the client sent more (a pipelined request): not a hang-up
-                    break
-            else:
-                return
+            while True:
+                if self.finished:
+                    return
+                if poller.poll(WATCH_POLL_MS):
+                    if self.finished or client.recv(1, socket.MSG_PEEK):
+                        return  # over, or the client sent more (a pipelined request): not a hang-up
+                    break  # the end of the client's stream: it closed the connection
+        except ConnectionResetError:
+            pass
         except (OSError, ValueError):
-            if self.finished:
-                return  # the server closed the socket after the reply
+            # The socket closed after the reply, or something unforeseen. Only a sure hang-up
+            # may end a reply early; any other departure shows at the next write.
+            return
         self.client_gone = True
         cancel = getattr(self.source, "cancel", None)
         if cancel is not None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -113,7 +114,7 @@ def test_the_watcher_leaves_a_client_that_sends_more_alone() -> None:
 
 
 def test_the_watcher_stops_when_the_reply_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.relay.WATCH_POLL_S", 0.05)
+    monkeypatch.setattr("app.relay.WATCH_POLL_MS", 50)
     server_side, client_side = socket.socketpair()
     source = Cancellable("a")
     relay = Relay(source, started=0.0)
@@ -135,3 +136,44 @@ def test_a_hang_up_turns_the_upstream_error_into_a_disconnect() -> None:
     relay.client_gone = True
     assert list(relay) == [b"a"]  # no error line for a client that is not there
     assert (relay.outcome, relay.reason) == ("disconnected", None)
+
+
+def test_the_watcher_works_past_descriptor_1023() -> None:
+    # select() refuses descriptors of 1024 and up; a worker with many streams has them.
+    server_side, client_side = socket.socketpair()
+    high = socket.socket(fileno=os.dup2(server_side.fileno(), 1500))
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    relay.watch(high)
+    assert not source.cancelled.wait(0.3)  # still connected: nothing to do
+    client_side.close()
+    assert source.cancelled.wait(1.0)
+    relay.close()
+    high.close()
+    server_side.close()
+
+
+class Unreadable:
+    """A client socket whose reads fail in an unforeseen way."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        raise OSError(22, "Invalid argument")
+
+
+def test_an_unforeseen_error_is_not_taken_for_a_hang_up() -> None:
+    server_side, client_side = socket.socketpair()
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    relay.watch(Unreadable(server_side))  # type: ignore[arg-type]
+    client_side.sendall(b"x")  # readable, and then the read fails
+    assert not source.cancelled.wait(0.3)
+    assert not relay.client_gone
+    relay.close()
+    server_side.close()
+    client_side.close()

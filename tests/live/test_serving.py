@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from ..bench.load import fetch_many, post
 from ..fake_upstream import FakeUpstream, Script
 from .server import LiveServer
 
@@ -209,3 +211,14 @@ def test_one_worker_serves_concurrent_demo_streams(demo_server: LiveServer) -> N
     assert all(status == 200 for status, _ in results)
     assert all(text.endswith(".") or text.endswith(")") for _, text in results)
     assert len({text for _, text in results}) > 1
+
+
+def test_many_concurrent_streams_arrive_whole(openai_server: LiveServer, upstream: FakeUpstream) -> None:
+    # Many streams at once through one worker: every body must arrive whole, byte for byte.
+    deltas = [f" w{i}" for i in range(10)]
+    upstream.script = Script(deltas=deltas, delay=0.02)
+    request = post("/api/chat/stream", ASK)
+    results = asyncio.run(fetch_many(openai_server.port, request, 600))
+    assert [r.error for r in results if r.error] == []
+    assert all(r.status == 200 for r in results)
+    assert sum(1 for r in results if r.body != "".join(deltas).encode()) == 0
