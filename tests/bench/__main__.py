@@ -48,7 +48,8 @@ def show(report: dict[str, Any]) -> None:
             f"TTFB direct p50 {row['direct_ttfb_p50_ms']:.2f} ms, "
             f"service p50 {row['service_ttfb_p50_ms']:.2f} p99 {row['service_ttfb_p99_ms']:.2f} ms, "
             f"added p50 {row['added_ttfb_p50_ms']:.2f} ms | "
-            f"total p50 {row['service_total_p50_ms']:.2f} ms | errors {row['errors']}"
+            f"total p50 {row['service_total_p50_ms']:.2f} ms | "
+            f"server CPU {row['server_cpu_us_per_request']:.0f} us/request | errors {row['errors']}"
         )
     for row in report.get("concurrency", []):
         direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""

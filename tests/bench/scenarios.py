@@ -128,7 +128,9 @@ def latency(api: str, count: int) -> dict[str, Any]:
                 relayed.append(await fetch(service.port, service.request))
             return direct, relayed
 
+        cpu_before = service.cpu_ns()
         direct, relayed = asyncio.run(run())
+        cpu_us = (service.cpu_ns() - cpu_before) / 1e3 / (count + 20)
     finally:
         service.stop()
         upstream.stop()
@@ -145,6 +147,7 @@ def latency(api: str, count: int) -> dict[str, Any]:
         "direct_total_p50_ms": p([r.total for r in direct], 0.5),
         "service_total_p50_ms": p([r.total for r in relayed], 0.5),
         "service_total_p99_ms": p([r.total for r in relayed], 0.99),
+        "server_cpu_us_per_request": cpu_us,
     }
 
 
