@@ -62,11 +62,8 @@ class Relay:
             self._first = next(self.deltas)
         except StopIteration:
             self._first = None
-        except UpstreamError as error:
-            self._end("error", error.reason)
-            raise
-        except BaseException:
-            self._end("error", "internal")
+        except BaseException as error:
+            self._end("error", getattr(error, "reason", "internal"))
             raise
         if type(self._first) is str:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
@@ -75,11 +72,8 @@ class Relay:
         """The whole reply, for the JSON route; an upstream failure raises."""
         try:
             reply = "".join(self._texts())
-        except UpstreamError as error:
-            self._end("error", error.reason)
-            raise
-        except BaseException:
-            self._end("error", "internal")
+        except BaseException as error:
+            self._end("error", getattr(error, "reason", "internal"))
             raise
         finally:
             self.source.close()
