@@ -130,6 +130,7 @@ class OpenAILLM:
                 reply.sock = network.get_extra_info("socket") if network is not None else None
                 if reply.cancelled:
                     reply.cancel()
+                    raise UpstreamError("The client left before the model answered.", reason="client_gone")
                 usage = yield from parse(sse_batches(reads))
                 reply.complete = True
                 yield usage  # the last item: the consumer closes us once it is sent on
