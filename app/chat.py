@@ -18,7 +18,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @bp.post("/chat")
 def chat() -> dict[str, object]:
     """Answer with the whole reply as JSON."""
-    relay = start_relay()
+    relay = start_relay("json")
     reply = relay.text()
     g.server_timing = f"upstream;dur={(time.perf_counter() - g.upstream_started) * 1000.0:.1f}"
     return {
@@ -31,9 +31,10 @@ def chat() -> dict[str, object]:
 
 @bp.post("/chat/stream")
 def chat_stream() -> Response:
-    """Answer with the reply's text, each delta written as soon as it arrives."""
-    relay = start_relay()
-    return Response(relay, mimetype="text/plain", headers=STREAM_HEADERS)
+    """Answer with the reply's text (or as Server-Sent Events), each delta sent as it arrives."""
+    sse = "text/event-stream" in request.headers.get("Accept", "")
+    relay = start_relay("sse" if sse else "text")
+    return Response(relay, mimetype="text/event-stream" if sse else "text/plain", headers=STREAM_HEADERS)
 
 
 def read_body() -> bytes:
@@ -45,14 +46,15 @@ def read_body() -> bytes:
     return data
 
 
-def start_relay() -> Relay:
+def start_relay(framing: str) -> Relay:
     """Check the body, open the model's stream, and wait for its first delta."""
     body = read_json(read_body(), request.mimetype)
     chat = parse_chat(body, current_app.config)
     g.model = chat.model
     llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
-    relay = g.relay = Relay(llm.stream(chat), started=g.started)
+    ping_s = current_app.config["SSE_PING_S"]
+    relay = g.relay = Relay(llm.stream(chat), started=g.started, framing=framing, ping_s=ping_s)
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         relay.watch(client)

@@ -98,6 +98,8 @@ def finish_request(response: Response) -> Response:
         if reason_now:
             fields["reason"] = reason_now
         fields["request_id"] = request_id
+        if relay is not None:
+            fields["framing"] = relay.framing  # text, sse or json: last, after the SPEC's keys
         access_log.info(access_text(fields), extra={"fields": fields})
 
     response.call_on_close(log_access)

@@ -7,12 +7,16 @@ calls ``close()`` when the last byte went out or the client left.
 from __future__ import annotations
 
 import _thread
+import json
 import logging
+import queue
 import select
 import socket
 import time
 from collections.abc import Generator, Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
+
+import orjson
 
 from .errors import UpstreamError
 from .llm import Delta, Usage
@@ -33,8 +37,10 @@ class Source(Iterable[Delta], Protocol):
 class Relay:
     """One reply in flight: pulls deltas, hands out text, and keeps the figures for the log."""
 
-    def __init__(self, source: Source, started: float) -> None:
+    def __init__(self, source: Source, started: float, framing: str = "text", ping_s: float = 15.0) -> None:
         self.source = source
+        self.framing = framing  # "text" or "sse" for the stream route, "json" for /api/chat
+        self.ping_s = ping_s
         self.deltas: Iterator[Delta] = iter(source)
         self.started = started
         self.ttft_ms: float | None = None
@@ -47,6 +53,7 @@ class Relay:
         self.client_gone = False
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
+        self._pumping = False
 
     def watch(self, client: socket.socket) -> None:
         """Hang up on the model as soon as the client hangs up, even while the model is silent.
@@ -83,7 +90,7 @@ class Relay:
         return data.decode() + ("\ufffd" if carry else "")
 
     def __iter__(self) -> Iterator[bytes]:
-        self._body = self._plain()
+        self._body = self._events() if self.framing == "sse" else self._plain()
         return self._body
 
     def close(self) -> None:
@@ -91,7 +98,10 @@ class Relay:
         self.finished = True
         if self._body is not None:
             self._body.close()
-        self.source.close()
+        if self._pumping:
+            self._cancel()  # the pump owns the source now: unblock it, and it closes it
+        else:
+            self.source.close()
 
     def _end(self, outcome: str, reason: str | None = None) -> None:
         self.finished = True
@@ -118,6 +128,9 @@ class Relay:
             # may end a reply early; any other departure shows at the next write.
             return
         self.client_gone = True
+        self._cancel()
+
+    def _cancel(self) -> None:
         cancel = getattr(self.source, "cancel", None)
         if cancel is not None:
             cancel()
@@ -126,10 +139,7 @@ class Relay:
         item = self._first
         while True:
             if type(item) is str:
-                if self.ttft_ms is None:
-                    self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
-                self.chunks += 1
-                self.chars += len(item)
+                self._count(item)
                 yield item
             else:
                 self.usage = item if isinstance(item, Usage) else None
@@ -138,6 +148,12 @@ class Relay:
                 item = next(self.deltas)
             except StopIteration:
                 return
+
+    def _count(self, text: str) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+        self.chunks += 1
+        self.chars += len(text)
 
     def _plain(self) -> Generator[bytes]:
         carry = ""
@@ -159,6 +175,75 @@ class Relay:
             yield f"\n[error: {INTERNAL_ERROR}]".encode()
         finally:
             self.source.close()
+
+    def _events(self) -> Generator[bytes]:
+        """Server-Sent Events: a token event per delta, a ping comment per silence, then done."""
+        items: queue.SimpleQueue[Delta | BaseException] = queue.SimpleQueue()
+        self._pumping = True
+        _thread.start_new_thread(self._pump, (items,))
+        item: Delta | BaseException | None = self._first
+        try:
+            while True:
+                if type(item) is str:
+                    self._count(item)
+                    yield event({"type": "token", "content": item})
+                elif isinstance(item, BaseException):
+                    raise item
+                elif item is not PING:
+                    self.usage = item if isinstance(item, Usage) else None
+                    usage = self.usage.as_dict() if self.usage else None
+                    yield event({"type": "done", "usage": usage})
+                    self._end("complete")
+                    return
+                else:
+                    yield b": ping\n\n"
+                try:
+                    item = items.get(timeout=self.ping_s)
+                except queue.Empty:
+                    item = PING
+        except UpstreamError as error:
+            self._end("error", error.reason)
+            if not self.client_gone:
+                yield event({"type": "error", "message": error.message})
+        except Exception as error:  # a bug: say so in-band and in the log, never as a traceback
+            log.error("unhandled %s while streaming a reply", type(error).__name__)
+            self._end("error", "internal")
+            yield event({"type": "error", "message": INTERNAL_ERROR})
+        finally:
+            self.finished = True
+
+    def _pump(self, items: queue.SimpleQueue[Delta | BaseException]) -> None:
+        """Read the upstream into ``items`` (in its own greenlet), so silences can be timed."""
+        try:
+            if type(self._first) is str:
+                for item in self.deltas:
+                    if self.finished:
+                        break
+                    items.put(item)
+                    if type(item) is not str:
+                        break
+                else:
+                    items.put(None)  # the model stopped without a last item: no usage
+        except BaseException as error:
+            items.put(error)
+        finally:
+            self.source.close()
+
+
+class _Ping:
+    """The marker for a silence longer than the ping interval."""
+
+
+PING: Any = _Ping()
+
+
+def event(data: dict[str, Any]) -> bytes:
+    """One SSE event, its JSON in UTF-8 (escaped only for a lone surrogate, which orjson
+    refuses: the escaped halves of a pair split across deltas join again in the browser)."""
+    try:
+        return b"data: " + orjson.dumps(data) + b"\n\n"
+    except TypeError:
+        return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
 def utf8(text: str) -> tuple[bytes, str]:

@@ -21,6 +21,7 @@ DEFAULTS: dict[str, str] = {
     "UPSTREAM_TIMEOUT_S": "60",
     "DEMO_DELAY_MS": "20",
     "UPSTREAM_MAX_CONNECTIONS": "4000",
+    "SSE_PING_S": "15",
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -51,6 +52,7 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
         "UPSTREAM_TIMEOUT_S": _number(raw, "UPSTREAM_TIMEOUT_S", float, 0.1, 3600),
         "DEMO_DELAY_MS": _number(raw, "DEMO_DELAY_MS", float, 0, 10_000),
         "UPSTREAM_MAX_CONNECTIONS": _number(raw, "UPSTREAM_MAX_CONNECTIONS", int, 1, 1_000_000),
+        "SSE_PING_S": _number(raw, "SSE_PING_S", float, 0.01, 3600),
     }
     config["PROVIDER"] = resolve_provider(config)
     return config

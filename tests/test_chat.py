@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
@@ -294,3 +295,122 @@ def test_both_routes_repair_a_lone_surrogate_the_same_way(
     response = client.post(route, json=ASK)
     text = response.get_json()["reply"] if route == "/api/chat" else response.get_data(as_text=True)
     assert text == "ok \ufffd!"
+
+
+SSE = {"Accept": "text/event-stream"}
+
+
+def sse_events(body: bytes) -> list[Any]:
+    """The events of an SSE body: parsed data objects, and "ping" for each comment."""
+    found: list[Any] = []
+    for block in body.decode().split("\n\n"):
+        if block.startswith("data: "):
+            found.append(json.loads(block[6:]))
+        elif block.startswith(": ping"):
+            found.append("ping")
+        else:
+            assert block == "", block
+    return found
+
+
+def test_sse_sends_a_token_event_per_delta_then_done(
+    openai_client: FlaskClient, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(deltas=["Hé", "llo", " 🤖"])
+    response = openai_client.post("/api/chat/stream", json=ASK, headers=SSE)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    assert sse_events(response.get_data()) == [
+        {"type": "token", "content": "Hé"},
+        {"type": "token", "content": "llo"},
+        {"type": "token", "content": " 🤖"},
+        {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 3}},
+    ]
+    tokens = "".join(e["content"] for e in sse_events(response.get_data()) if e["type"] == "token")
+    assert tokens == openai_client.post("/api/chat", json=ASK).get_json()["reply"]
+
+
+def test_sse_each_event_is_its_own_chunk(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
+    chunks = list(response.response)
+    response.close()
+    assert chunks == [
+        b'data: {"type":"token","content":"Hi"}\n\n',
+        b'data: {"type":"token","content":" there"}\n\n',
+        b'data: {"type":"done","usage":{"input_tokens":3,"output_tokens":2}}\n\n',
+    ]
+
+
+def test_sse_escapes_half_a_surrogate_pair(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    fake_llm.deltas = ["robot \ud83e", "\udd16"]
+    body = client.post("/api/chat/stream", json=ASK, headers=SSE).get_data()
+    body.decode("utf-8")  # valid on the wire
+    tokens = "".join(e["content"] for e in sse_events(body) if e["type"] == "token")
+    # A browser's strings are UTF-16, where the two halves join into one character.
+    assert tokens.encode("utf-16", "surrogatepass").decode("utf-16") == "robot 🤖"
+
+
+@pytest.mark.parametrize(("script", "status", "sentence", "headers"), EARLY_FAULTS[:4])
+def test_sse_failures_before_the_first_delta_get_the_same_status(
+    openai_client: FlaskClient,
+    upstream: FakeUpstream,
+    script: Script,
+    status: int,
+    sentence: str,
+    headers: dict[str, str],
+) -> None:
+    upstream.script = script
+    response = openai_client.post("/api/chat/stream", json=ASK, headers=SSE)
+    assert (response.status_code, response.get_json()) == (status, {"error": sentence})
+    assert response.mimetype == "application/json"
+
+
+def test_sse_failure_after_the_start_is_an_error_event(
+    openai_client: FlaskClient, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(cut_after=2)
+    events = sse_events(openai_client.post("/api/chat/stream", json=ASK, headers=SSE).get_data())
+    assert events == [
+        {"type": "token", "content": "Hello"},
+        {"type": "token", "content": ","},
+        {"type": "error", "message": "The connection to the model broke."},
+    ]
+
+
+def test_sse_pings_during_an_upstream_silence(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str
+) -> None:
+    upstream.script = Script(deltas=["a", "b"], first_delay=0, stall_after=1)
+    client = make_openai_app(OPENAI_API=api, SSE_PING_S="0.1", UPSTREAM_TIMEOUT_S="0.55").test_client()
+    events = sse_events(client.post("/api/chat/stream", json=ASK, headers=SSE).get_data())
+    assert events[0] == {"type": "token", "content": "a"}
+    assert events[-1] == {
+        "type": "error",
+        "message": "The model stopped sending for longer than the upstream timeout.",
+    }
+    assert 4 <= events.count("ping") <= 6
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+
+
+def test_sse_client_leaving_during_a_silence_closes_the_upstream(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO")
+    upstream.script = Script(stall_after=1)
+    client = make_openai_app(SSE_PING_S="0.05", UPSTREAM_TIMEOUT_S="30").test_client()
+    response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
+    body = iter(response.response)
+    assert next(body) == b'data: {"type":"token","content":"Hello"}\n\n'
+    assert next(body) == b": ping\n\n"  # the silence is noticed while the model says nothing
+    response.close()  # the server's next write failed: the client is gone
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    [line] = [r for r in caplog.records if r.name == "app.access"]
+    assert (line.fields["framing"], line.fields["outcome"]) == ("sse", "disconnected")  # type: ignore[attr-defined]
+
+
+def test_plain_text_stays_the_default(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    for accept in ("", "*/*", "text/plain", "application/json"):
+        response = client.post("/api/chat/stream", json=ASK, headers={"Accept": accept})
+        assert (response.mimetype, response.get_data()) == ("text/plain", b"Hi there")

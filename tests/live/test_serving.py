@@ -222,3 +222,20 @@ def test_many_concurrent_streams_arrive_whole(openai_server: LiveServer, upstrea
     assert [r.error for r in results if r.error] == []
     assert all(r.status == 200 for r in results)
     assert sum(1 for r in results if r.body != "".join(deltas).encode()) == 0
+
+
+def test_sse_events_arrive_as_the_model_speaks(openai_server: LiveServer, upstream: FakeUpstream) -> None:
+    upstream.script = Script(deltas=[f"w{i} " for i in range(6)], delay=0.1)
+    headers = {"Accept": "text/event-stream"}
+    with requests.post(
+        f"{openai_server.url}/api/chat/stream", json=ASK, headers=headers, stream=True, timeout=10
+    ) as response:
+        assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
+        arrivals = timed_chunks(response)
+        request_id = response.headers["X-Request-ID"]
+    events = [json.loads(chunk[6:]) for _, chunk in arrivals]
+    assert [e["content"] for e in events[:-1]] == [f"w{i} " for i in range(6)]
+    assert events[-1] == {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 6}}
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals[:-1])]
+    assert all(gap > 0.05 for gap in gaps), gaps
+    assert openai_server.wait_for_access_line(request_id)["framing"] == "sse"
