@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import requests
@@ -239,3 +243,24 @@ def test_sse_events_arrive_as_the_model_speaks(openai_server: LiveServer, upstre
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals[:-1])]
     assert all(gap > 0.05 for gap in gaps), gaps
     assert openai_server.wait_for_access_line(request_id)["framing"] == "sse"
+
+
+def test_the_chat_command_streams_from_a_live_server(demo_server: LiveServer) -> None:
+    chat = Path(sys.executable).parent / "chat"
+    done = subprocess.run(
+        [str(chat), "--url", demo_server.url, "Tell me a story about a robot"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if k != "CHAT_API_KEY"},
+    )
+    expected = requests.post(f"{demo_server.url}/api/chat", json=ASK, timeout=10).json()["reply"]
+    assert (done.returncode, done.stdout, done.stderr) == (0, expected + "\n", "")
+    too_long = subprocess.run(
+        [str(chat), "--url", demo_server.url, "--no-stream", "x" * 40000],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert too_long.returncode == 1
+    assert too_long.stderr == "chat: 'message' is 40000 characters long; the limit is 32000.\n"
