@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app
+from flask import Blueprint, current_app, render_template, request
 
 bp = Blueprint("pages", __name__)
 
@@ -11,7 +11,9 @@ RUNNING = "AI Chat API is running"
 
 @bp.get("/")
 def index() -> tuple[str, int, dict[str, str]]:
-    """Say the service is up (the chat page for browsers comes with the page itself)."""
+    """The chat page for a browser; a line saying the service is up for anything else."""
+    if request.accept_mimetypes.best_match(["text/plain", "text/html"]) == "text/html":
+        return render_template("chat.html"), 200, {"Content-Type": "text/html; charset=utf-8"}
     return RUNNING, 200, {"Content-Type": "text/plain; charset=utf-8"}
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from flask.testing import FlaskClient
 
 from app import create_app
@@ -10,6 +11,27 @@ def test_index_says_the_service_is_running(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
     assert response.get_data(as_text=True) == "AI Chat API is running"
+
+
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+def test_a_browser_gets_the_chat_page(client: FlaskClient) -> None:
+    response = client.get("/", headers={"Accept": BROWSER})
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    for part in ('<label class="visually-hidden" for="message">Message</label>', 'id="send"', 'id="stop"'):
+        assert part in page
+    assert "http://" not in page and "https://" not in page  # nothing loaded from another host
+
+
+@pytest.mark.parametrize(
+    "accept", [None, "*/*", "text/plain", "application/json", "text/plain, text/html;q=0.5"]
+)
+def test_anything_else_gets_the_plain_line(client: FlaskClient, accept: str | None) -> None:
+    headers = {"Accept": accept} if accept else {}
+    response = client.get("/", headers=headers)
+    assert (response.mimetype, response.get_data(as_text=True)) == ("text/plain", "AI Chat API is running")
 
 
 def test_healthz_names_provider_model_and_api(client: FlaskClient) -> None:
