@@ -81,4 +81,5 @@ HTTP_SENTENCES = {
     405: "This address does not accept that method.",
     413: "The request body is larger than the 1 MiB limit.",
     415: "Send the body as JSON with Content-Type: application/json.",
+    429: "Too many requests: slow down and retry after the time in Retry-After.",
 }

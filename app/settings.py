@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from limits import parse_many
+
 DEFAULTS: dict[str, str] = {
     "OPENAI_API_KEY": "",
     "OPENAI_BASE_URL": "",
@@ -22,6 +24,13 @@ DEFAULTS: dict[str, str] = {
     "DEMO_DELAY_MS": "20",
     "UPSTREAM_MAX_CONNECTIONS": "4000",
     "SSE_PING_S": "15",
+    "API_KEYS": "",
+    "RATE_LIMIT": "",
+    "RATE_LIMIT_STORAGE_URI": "memory://",
+    "CORS_ORIGINS": "",
+    "TRUSTED_PROXIES": "0",
+    "METRICS_TOKEN": "",
+    "PROMETHEUS_MULTIPROC_DIR": "",  # set by gunicorn.conf.py when several workers share metrics
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -53,6 +62,13 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
         "DEMO_DELAY_MS": _number(raw, "DEMO_DELAY_MS", float, 0, 10_000),
         "UPSTREAM_MAX_CONNECTIONS": _number(raw, "UPSTREAM_MAX_CONNECTIONS", int, 1, 1_000_000),
         "SSE_PING_S": _number(raw, "SSE_PING_S", float, 0.01, 3600),
+        "API_KEYS": _list(raw["API_KEYS"]),
+        "RATE_LIMIT": _rate_limit(raw, "RATE_LIMIT"),
+        "RATE_LIMIT_STORAGE_URI": _storage(raw, "RATE_LIMIT_STORAGE_URI"),
+        "CORS_ORIGINS": _list(raw["CORS_ORIGINS"]),
+        "TRUSTED_PROXIES": _number(raw, "TRUSTED_PROXIES", int, 0, 10),
+        "METRICS_TOKEN": raw["METRICS_TOKEN"] or None,
+        "PROMETHEUS_MULTIPROC_DIR": raw["PROMETHEUS_MULTIPROC_DIR"] or None,
     }
     config["PROVIDER"] = resolve_provider(config)
     return config
@@ -115,6 +131,30 @@ def _url(raw: Mapping[str, str], name: str) -> str | None:
     scheme, _, rest = value.partition("://")
     if scheme.lower() not in ("http", "https") or not rest.strip("/"):
         raise SettingsError(f"{name} must be an http:// or https:// URL; got {value!r}.")
+    return value
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(item.strip() for item in value.split(",") if item.strip()))
+
+
+def _rate_limit(raw: Mapping[str, str], name: str) -> str | None:
+    value = raw[name]
+    if not value:
+        return None
+    try:
+        parsed = parse_many(value.replace(",", ";"))
+    except ValueError:
+        parsed = []
+    if not parsed:
+        raise SettingsError(f"{name} must be limits like '60/minute' or '10/second;1000/day'; got {value!r}.")
+    return value.replace(",", ";")
+
+
+def _storage(raw: Mapping[str, str], name: str) -> str:
+    value = raw[name]
+    if not value.startswith(("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
+        raise SettingsError(f"{name} must be memory:// or a redis:// URL; got {value!r}.")
     return value
 
 

@@ -1,0 +1,63 @@
+"""What stands before the chat routes: bearer keys, rate limits, and CORS for /api/*."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Blueprint, Flask, current_app, g, request
+from flask_cors import CORS
+from flask_limiter import Limiter
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from .errors import ApiError
+
+UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+
+def init_app(app: Flask, chat: Blueprint) -> None:
+    """Guard ``/api/*`` as the settings say; ``/``, ``/healthz`` and ``/metrics`` stay open."""
+    config = app.config
+    if config["TRUSTED_PROXIES"]:
+        # The client address comes from X-Forwarded-For only as far as the trusted hops go.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["TRUSTED_PROXIES"])  # type: ignore[method-assign]
+    if config["API_KEYS"]:
+        app.before_request(check_key)
+    if config["RATE_LIMIT"]:
+        limiter = Limiter(
+            key_func=client_key,
+            storage_uri=config["RATE_LIMIT_STORAGE_URI"],
+            headers_enabled=True,
+            retry_after="delta-seconds",
+            key_prefix="chat",
+        )
+        limiter.init_app(app)
+        limiter.shared_limit(config["RATE_LIMIT"], scope="chat")(chat)
+    if config["CORS_ORIGINS"]:
+        CORS(
+            app,
+            resources={r"/api/*": {"origins": list(config["CORS_ORIGINS"])}},
+            allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+            methods=["POST", "OPTIONS"],
+            max_age=600,
+        )
+
+
+def check_key() -> None:
+    """Require ``Authorization: Bearer <one of API_KEYS>`` on /api/*, compared in constant time."""
+    if not request.path.startswith("/api/") or request.method == "OPTIONS":
+        return  # a CORS preflight carries no credentials
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    given = token.strip().encode()
+    matched = False
+    for key in current_app.config["API_KEYS"]:
+        matched |= hmac.compare_digest(given, key.encode())  # every key, so timing tells nothing
+    if scheme.lower() != "bearer" or not given or not matched:
+        raise ApiError("A valid API key is required: send 'Authorization: Bearer <key>'.", 401, UNAUTHORIZED)
+    g.client = "key:" + hashlib.sha256(given).hexdigest()[:12]  # never the key itself
+
+
+def client_key() -> str:
+    """Whom a rate limit counts: the API key's short hash, else the client's address."""
+    return str(g.get("client") or f"ip:{request.remote_addr}")

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from app import create_app
+from app.settings import SettingsError, load_settings
+
+from .fake_upstream import FakeUpstream
+
+ASK = {"message": "hi"}
+ROUTES = ["/api/chat", "/api/chat/stream"]
+
+
+def demo_app(**settings: str) -> Flask:
+    return create_app({"TESTING": True, "DEMO_DELAY_MS": "0", **settings})
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", "Bearer", "Basic a2V5LW9uZQ==", "key-one", "Bearer key-one-and-more", "bearer  "],
+)
+def test_api_keys_reject_missing_or_wrong_tokens(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, route: str, authorization: str | None
+) -> None:
+    client = make_openai_app(API_KEYS="key-one, key-two").test_client()
+    headers = {"Authorization": authorization} if authorization else {}
+    response = client.post(route, json=ASK, headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.get_json() == {
+        "error": "A valid API key is required: send 'Authorization: Bearer <key>'."
+    }
+    assert upstream.requests == []
+
+
+@pytest.mark.parametrize("key", ["key-one", "key-two"])
+def test_any_listed_key_is_let_in(key: str) -> None:
+    client = demo_app(API_KEYS="key-one,key-two").test_client()
+    assert client.post("/api/chat", json=ASK, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_pages_health_and_metrics_stay_open() -> None:
+    client = demo_app(API_KEYS="key-one").test_client()
+    for path in ("/", "/healthz", "/metrics"):
+        assert client.get(path).status_code == 200
+
+
+def test_keys_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    client = demo_app(API_KEYS="sk-SENTINEL-key").test_client()
+    client.post("/api/chat", json=ASK, headers={"Authorization": "Bearer sk-SENTINEL-key"}, buffered=True)
+    client.post("/api/chat", json=ASK, headers={"Authorization": "Bearer sk-SENTINEL-wrong"}, buffered=True)
+    assert "SENTINEL" not in "\n".join(r.getMessage() + str(getattr(r, "fields", "")) for r in caplog.records)
+
+
+def test_the_limit_is_shared_by_both_chat_routes_and_answers_429(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream
+) -> None:
+    client = make_openai_app(RATE_LIMIT="3/minute").test_client()
+    assert client.post("/api/chat", json=ASK).status_code == 200
+    assert client.post("/api/chat/stream", json=ASK).status_code == 200
+    assert client.post("/api/chat", json=ASK).status_code == 200
+    for route in ROUTES:
+        limited = client.post(route, json=ASK)
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["Retry-After"]) <= 60
+        assert limited.get_json() == {
+            "error": "Too many requests: slow down and retry after the time in Retry-After."
+        }
+    assert len(upstream.requests) == 3  # nothing was sent upstream for the limited ones
+    assert client.get("/healthz").status_code == 200  # only the chat routes are limited
+
+
+def test_the_limit_counts_per_key_else_per_address() -> None:
+    client = demo_app(RATE_LIMIT="1/minute", API_KEYS="a,b").test_client()
+    as_a, as_b = ({"Authorization": f"Bearer {key}"} for key in "ab")
+    assert client.post("/api/chat", json=ASK, headers=as_a).status_code == 200
+    assert client.post("/api/chat", json=ASK, headers=as_a).status_code == 429
+    assert client.post("/api/chat", json=ASK, headers=as_b).status_code == 200
+    open_client = demo_app(RATE_LIMIT="1/minute").test_client()
+    here, there = ({"REMOTE_ADDR": address} for address in ("10.0.0.1", "10.0.0.2"))
+    assert open_client.post("/api/chat", json=ASK, environ_base=here).status_code == 200
+    assert open_client.post("/api/chat", json=ASK, environ_base=here).status_code == 429
+    assert open_client.post("/api/chat", json=ASK, environ_base=there).status_code == 200
+
+
+def test_forwarded_addresses_count_only_through_trusted_proxies() -> None:
+    proxy = {"REMOTE_ADDR": "10.9.9.9"}
+    trusting = demo_app(RATE_LIMIT="1/minute", TRUSTED_PROXIES="1").test_client()
+    for client_address in ("203.0.113.5", "203.0.113.6"):  # two people behind one proxy
+        forwarded = {"X-Forwarded-For": f"1.2.3.4, {client_address}"}  # the left part is the client's word
+        assert trusting.post("/api/chat", json=ASK, headers=forwarded, environ_base=proxy).status_code == 200
+    untrusting = demo_app(RATE_LIMIT="1/minute").test_client()
+    for client_address in ("203.0.113.5", "203.0.113.6"):  # without trust, both are the proxy
+        forwarded = {"X-Forwarded-For": client_address}
+        status = untrusting.post("/api/chat", json=ASK, headers=forwarded, environ_base=proxy).status_code
+    assert status == 429
+
+
+def test_cors_only_for_listed_origins_on_the_api() -> None:
+    client = demo_app(CORS_ORIGINS="https://app.example").test_client()
+    preflight = client.options(
+        "/api/chat/stream",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, authorization",
+        },
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    actual = client.post("/api/chat", json=ASK, headers={"Origin": "https://app.example"})
+    assert actual.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "X-Request-ID" in actual.headers["Access-Control-Expose-Headers"]
+    other = client.post("/api/chat", json=ASK, headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    page = client.get("/healthz", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in page.headers
+
+
+def test_preflight_passes_when_keys_are_required() -> None:
+    client = demo_app(CORS_ORIGINS="https://app.example", API_KEYS="k").test_client()
+    preflight = client.options(
+        "/api/chat", headers={"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert preflight.status_code == 200
+
+
+def test_no_cors_headers_without_the_setting() -> None:
+    response = demo_app().test_client().post("/api/chat", json=ASK, headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("RATE_LIMIT", "lots"), ("RATE_LIMIT", "60/fortnight"), ("RATE_LIMIT_STORAGE_URI", "mysql://x")],
+)
+def test_bad_guard_settings_stop_start_up(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} must be"):
+        load_settings({name: value})
+
+
+def test_several_limits_are_accepted() -> None:
+    assert load_settings({"RATE_LIMIT": "10/second, 1000/day"})["RATE_LIMIT"] == "10/second; 1000/day"
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed (make test installs Debian's redis-server as root)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_two_instances_share_one_limit_through_redis(redis_url: str) -> None:
+    settings: dict[str, Any] = {"RATE_LIMIT": "3/minute", "RATE_LIMIT_STORAGE_URI": redis_url}
+    first, second = (demo_app(**settings).test_client() for _ in range(2))
+    address = {"REMOTE_ADDR": f"198.51.100.{int(time.time()) % 250}"}
+    statuses = [
+        client.post("/api/chat", json=ASK, environ_base=address).status_code
+        for client in (first, second, first, second)
+    ]
+    assert statuses == [200, 200, 200, 429]
