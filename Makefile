@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint browser bench bench-quick clean
+.PHONY: run test lint system-packages bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,18 +21,21 @@ run: $(VENV)/.installed
 		sh -c "exec $$(sed -n 's/^web: *//p' Procfile)"
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check app tests wsgi.py
-	$(BIN)/ruff format --check app tests wsgi.py
+	$(BIN)/ruff check app tests wsgi.py gunicorn.conf.py
+	$(BIN)/ruff format --check app tests wsgi.py gunicorn.conf.py
 	$(BIN)/mypy app
 
-# The browser tests drive Debian's Chromium (never a downloaded browser); where it cannot be
-# installed they skip and say why.
-browser:
-	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 || \
-		echo "Chromium could not be installed: the browser tests will be skipped"
+# The browser tests drive Debian's Chromium (never a downloaded browser) and the shared rate
+# limit tests a real Redis; where they cannot be installed (not root), those tests skip and say why.
+SYSTEM_PACKAGES := chromium redis-server
 
-test: lint browser
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	[ -z "$$missing" ] || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } >/dev/null 2>&1 || \
+		echo "Could not install$$missing: the tests that need them will be skipped"
+
+test: lint system-packages
 	$(BIN)/pytest
 
 # Not part of `make test`: figures, not pass/fail. Results also go to bench-results/bench.json.

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from flask import Flask, Response, g, request
 
+from . import metrics
+
 access_log = logging.getLogger("app.access")
 
 REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -80,6 +82,10 @@ def finish_request(response: Response) -> Response:
     fields: dict[str, Any] = {"method": request.method, "path": path, "status": response.status_code}
     relay = g.get("relay")
     reason = g.get("error_reason")
+    route = request.url_rule.rule if request.url_rule else "unmatched"  # bounded, unlike the path
+    streaming = relay is not None and relay.framing != "json" and response.status_code == 200
+    if streaming:
+        metrics.OPEN.inc()
 
     def log_access() -> None:
         fields["duration_ms"] = round((time.perf_counter() - started) * 1000.0, 1)
@@ -101,6 +107,9 @@ def finish_request(response: Response) -> Response:
         if relay is not None:
             fields["framing"] = relay.framing  # text, sse or json: last, after the SPEC's keys
         access_log.info(access_text(fields), extra={"fields": fields})
+        if streaming:
+            metrics.OPEN.dec()
+        metrics.observe(fields, route)
 
     response.call_on_close(log_access)
     return response

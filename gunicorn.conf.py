@@ -1,0 +1,29 @@
+"""gunicorn hooks the Procfile's flags cannot carry: Prometheus's directory for many workers.
+
+prometheus_client picks its storage when first imported, from PROMETHEUS_MULTIPROC_DIR,
+so the directory is set here, in the master, before any worker starts, and the library
+is imported only inside the hooks.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def on_starting(server):
+    """Give the workers a clean directory to write their metrics in."""
+    path = Path(
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        or Path(tempfile.gettempdir()) / f"chat-metrics-{os.getpid()}"
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):  # a previous run's values would be counted again
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+
+
+def child_exit(server, worker):
+    """Drop a finished worker's live gauges (open streams) from the sums."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
