@@ -35,13 +35,14 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["llm"] = build_llm(app.config)
     observability.init_app(app)
 
-    from . import chat, errors, guards, metrics, pages
+    from . import chat, errors, guards, metrics, openapi, pages
 
     errors.register(app)
     guards.init_app(app, chat.bp)
     app.register_blueprint(chat.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
     log.info(
         "serving provider=%s model=%s api=%s",
         app.config["PROVIDER"],

@@ -126,6 +126,8 @@ def _temperature(value: Any) -> float | None:
 def _max_tokens(value: Any) -> int | None:
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # 64.0 is a whole number in JSON
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS:
         raise ApiError(f"'max_tokens' must be a whole number from 1 to {MAX_TOKENS}.")
     return value

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from app import create_app
 from app.validation import MAX_TOKENS, ChatRequest, parse_chat
 
 from .fake_upstream import FakeUpstream
@@ -158,6 +163,10 @@ def test_missing_options_take_their_defaults() -> None:
     )
 
 
+def test_a_whole_float_is_a_whole_number() -> None:
+    assert parse_chat({"message": "hi", "max_tokens": 64.0}, config()).max_tokens == 64
+
+
 def test_a_message_at_the_limit_is_accepted() -> None:
     assert parse_chat({"message": "x" * 50}, config()).messages[-1]["content"] == "x" * 50
 
@@ -165,3 +174,114 @@ def test_a_message_at_the_limit_is_accepted() -> None:
 def test_unicode_that_is_valid_passes_through() -> None:
     text = "héllo \u200f\u202e שלום 🤖 \x00 end"
     assert parse_chat({"message": text}, config()).messages == ({"role": "user", "content": text},)
+
+
+# Property-based: whatever arrives, the answer is a reply or a sentence, and a rejected body
+# never reaches the model.
+ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())  # surrogates too
+ANY_TEXT = st.text(alphabet=ANY_CHAR, max_size=40)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
+    max_leaves=20,
+)
+TURNS = st.lists(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "role": st.sampled_from(["user", "assistant", "system", "bot", ""]) | JSON_VALUES,
+            "content": ANY_TEXT | JSON_VALUES,
+        },
+    ),
+    max_size=4,
+)
+CHAT_BODIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "message": ANY_TEXT | JSON_VALUES,
+        "messages": TURNS | JSON_VALUES,
+        "instructions": ANY_TEXT | JSON_VALUES,
+        "model": st.sampled_from(["gpt-4o-mini", "gpt-4o", "other"]) | JSON_VALUES,
+        "temperature": st.floats(allow_nan=False) | JSON_VALUES,
+        "max_tokens": st.integers() | JSON_VALUES,
+    },
+)
+
+
+class Recorder:
+    """A model that answers at once and counts the calls it got."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def stream(self, chat: ChatRequest) -> Iterator[object]:
+        self.calls += 1
+        yield "ok"
+        yield None
+
+
+@pytest.fixture(scope="module")
+def recorded() -> tuple[FlaskClient, Recorder]:
+    app = create_app({"TESTING": True, "MAX_MESSAGE_CHARS": "100", "ALLOWED_MODELS": "gpt-4o"})
+    recorder = Recorder()
+    app.extensions["llm"] = recorder
+    return app.test_client(), recorder
+
+
+def answer_is_a_reply_or_a_sentence(client: FlaskClient, recorder: Recorder, route: str, data: bytes) -> None:
+    calls = recorder.calls
+    response = client.post(route, data=data, content_type="application/json")
+    if response.status_code == 200:
+        assert recorder.calls == calls + 1
+        return
+    assert response.status_code in (400, 413)
+    sentence = response.get_json()["error"]
+    assert isinstance(sentence, str) and sentence.endswith(".") and "Traceback" not in sentence
+    assert recorder.calls == calls  # nothing was sent upstream
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@given(body=JSON_VALUES | CHAT_BODIES)
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_json_gets_a_reply_or_a_sentence(
+    recorded: tuple[FlaskClient, Recorder], route: str, body: Any
+) -> None:
+    client, recorder = recorded
+    answer_is_a_reply_or_a_sentence(client, recorder, route, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("route", ROUTES)
+@given(data=st.binary(max_size=200))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_bytes_get_a_reply_or_a_sentence(
+    recorded: tuple[FlaskClient, Recorder], route: str, data: bytes
+) -> None:
+    client, recorder = recorded
+    answer_is_a_reply_or_a_sentence(client, recorder, route, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 50_000 + b"]" * 50_000,
+        b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+        b'{"message": "hi", "max_tokens": 1' + b"0" * 400 + b"}",
+        b'{"message": "hi", "temperature": 1e999}',
+        json.dumps({"messages": [{"role": "user", "content": "x"}] * 5000}).encode(),
+        json.dumps({"message": "\u202e\u200f\u0000 right-to-left"}).encode(),
+        b'{"message": "\\ud800"}',
+    ],
+    ids=[
+        "deep-list",
+        "deep-object",
+        "huge-integer",
+        "huge-float",
+        "5000-turns",
+        "rtl-and-nul",
+        "lone-surrogate",
+    ],
+)
+@pytest.mark.parametrize("route", ROUTES)
+def test_hostile_bodies(recorded: tuple[FlaskClient, Recorder], route: str, data: bytes) -> None:
+    client, recorder = recorded
+    answer_is_a_reply_or_a_sentence(client, recorder, route, data)
