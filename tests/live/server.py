@@ -66,9 +66,9 @@ class LiveServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited at start-up:\n{self.log_text()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or a worker still booting
                 time.sleep(0.1)
         raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log_text()}")
 
