@@ -27,3 +27,20 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    """With CHAT_STATE_FILE set (the soak sets it), SIGUSR2 makes a worker write its greenlet count."""
+    path = os.environ.get("CHAT_STATE_FILE")
+    if not path:
+        return
+    import gc
+    import signal
+
+    from greenlet import greenlet
+
+    def write_state(*_):
+        alive = sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead)
+        Path(f"{path}.{os.getpid()}").write_text(f"{alive}\n")
+
+    signal.signal(signal.SIGUSR2, write_state)

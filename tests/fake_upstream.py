@@ -64,6 +64,7 @@ class FakeUpstream:
 
     def __init__(self, script: Script | None = None) -> None:
         self.script = script or Script()
+        self.per_model: dict[str, Script] = {}  # a request naming one of these models gets its script
         self.requests: list[Received] = []
         self.streams: list[StreamRecord] = []
         self._loop = asyncio.new_event_loop()
@@ -98,6 +99,7 @@ class FakeUpstream:
     def reset(self, script: Script | None = None) -> None:
         """Forget what was recorded and use a new script."""
         self.script = script or Script()
+        self.per_model = {}
         self.requests.clear()
         self.streams.clear()
 
@@ -146,7 +148,7 @@ class FakeUpstream:
         self, path: str, body: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Answer one request; False when the connection must not be reused."""
-        script = self.script
+        script = self.per_model.get(body.get("model"), self.script)
         if script.no_headers:
             await reader.read(1)  # until the client gives up
             return False
