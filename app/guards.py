@@ -32,7 +32,8 @@ def init_app(app: Flask, chat: Blueprint) -> None:
             key_prefix="chat",
         )
         limiter.init_app(app)
-        limiter.shared_limit(config["RATE_LIMIT"], scope="chat")(chat)
+        # POST only: a browser's CORS preflight must neither spend the budget nor be refused.
+        limiter.shared_limit(config["RATE_LIMIT"], scope="chat", methods=["POST"])(chat)
     if config["CORS_ORIGINS"]:
         CORS(
             app,

@@ -138,6 +138,14 @@ def test_preflight_passes_when_keys_are_required() -> None:
     assert preflight.status_code == 200
 
 
+def test_preflights_neither_count_nor_get_refused() -> None:
+    client = demo_app(RATE_LIMIT="2/minute", CORS_ORIGINS="https://app.example").test_client()
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    assert [client.options("/api/chat", headers=preflight).status_code for _ in range(5)] == [200] * 5
+    statuses = [client.post("/api/chat", json=ASK).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+
+
 def test_no_cors_headers_without_the_setting() -> None:
     response = demo_app().test_client().post("/api/chat", json=ASK, headers={"Origin": "https://app.example"})
     assert "Access-Control-Allow-Origin" not in response.headers
