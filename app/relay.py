@@ -99,7 +99,10 @@ class Relay:
         if self._body is not None:
             self._body.close()
         if self._pumping:
-            self._cancel()  # the pump owns the source now: unblock it, and it closes it
+            # The pump owns the source and closes it; unblock it unless the reply is complete
+            # (then it may be draining the body's end, to keep the connection for reuse).
+            if self.outcome != "complete":
+                self._cancel()
         else:
             self.source.close()
 

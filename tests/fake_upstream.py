@@ -67,6 +67,7 @@ class FakeUpstream:
         self.per_model: dict[str, Script] = {}  # a request naming one of these models gets its script
         self.requests: list[Received] = []
         self.streams: list[StreamRecord] = []
+        self.connections = 0  # TCP connections accepted
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
@@ -102,6 +103,7 @@ class FakeUpstream:
         self.per_model = {}
         self.requests.clear()
         self.streams.clear()
+        self.connections = 0
 
     def open_streams(self) -> int:
         return sum(1 for s in self.streams if s.closed_at is None)
@@ -122,6 +124,7 @@ class FakeUpstream:
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

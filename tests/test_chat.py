@@ -414,3 +414,14 @@ def test_plain_text_stays_the_default(client: FlaskClient, fake_llm: FakeLLM) ->
     for accept in ("", "*/*", "text/plain", "application/json"):
         response = client.post("/api/chat/stream", json=ASK, headers={"Accept": accept})
         assert (response.mimetype, response.get_data()) == ("text/plain", b"Hi there")
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "text/event-stream", "application/json"])
+def test_finished_replies_leave_their_connection_for_reuse(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, accept: str
+) -> None:
+    client = make_openai_app().test_client()
+    route = "/api/chat" if accept == "application/json" else "/api/chat/stream"
+    for _ in range(64):  # twice round the 32 connection pools
+        assert client.post(route, json=ASK, headers={"Accept": accept}, buffered=True).status_code == 200
+    assert upstream.connections <= 32
