@@ -34,6 +34,7 @@ PLACEHOLDER_KEY = "not-needed"  # keyless local servers (Ollama, vLLM) still get
 # open or were. Many small pools, each keeping few idle connections, keep every pass short.
 POOL_SHARDS = 32
 IDLE_PER_POOL = 8
+MAX_EVENT_BYTES = 1 << 20  # one server-sent event; OpenAI's are a few hundred bytes
 STREAM: Any = {"headers": {"Accept": "text/event-stream", "Accept-Encoding": "identity"}}
 
 
@@ -190,17 +191,33 @@ def drain(reads: Iterator[bytes]) -> None:
 
 
 def sse_batches(reads: Iterable[bytes]) -> Iterator[list[bytes]]:
-    """For each network read, the data of the server-sent events it completed (often one)."""
-    pending = b""
+    """For each network read, the data of the server-sent events it completed (often one).
+
+    Only the new bytes are searched for the end of an event, and one event may not grow
+    past MAX_EVENT_BYTES: an endless line costs neither quadratic time nor unbounded memory.
+    """
+    parts: list[bytes] = []  # the unfinished event
+    size = 0
     for read in reads:
-        if pending:
-            read = pending + read
         if b"\r" in read:
+            if parts and parts[-1].endswith(b"\r") and read.startswith(b"\n"):
+                parts[-1] = parts[-1][:-1]  # a CRLF split between two reads
             read = read.replace(b"\r\n", b"\n")
-        *blocks, pending = read.split(b"\n\n")
-        if blocks:
-            yield [data for block in blocks if (data := event_data(block)) is not None]
-    if pending and (data := event_data(pending)) is not None:
+        seam = bool(parts) and parts[-1].endswith(b"\n") and read.startswith(b"\n")
+        if b"\n\n" not in read and not seam:
+            parts.append(read)
+            size += len(read)
+            if size > MAX_EVENT_BYTES:
+                raise malformed()
+            continue
+        if parts:
+            read = b"".join(parts) + read
+        *blocks, rest = read.split(b"\n\n")
+        parts, size = ([rest], len(rest)) if rest else ([], 0)
+        if size > MAX_EVENT_BYTES:
+            raise malformed()
+        yield [data for block in blocks if (data := event_data(block)) is not None]
+    if parts and (data := event_data(b"".join(parts))) is not None:
         yield [data]
 
 
@@ -302,7 +319,7 @@ def read_usage(usage: Any, input_key: str, output_key: str) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     given, made = usage.get(input_key), usage.get(output_key)
-    if type(given) is not int or type(made) is not int:
+    if type(given) is not int or type(made) is not int or given < 0 or made < 0:
         return None
     return Usage(given, made)
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 INTERNAL_ERROR = "The server hit an unexpected error."
 REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
 WATCH_POLL_MS = 1000  # how long a finished relay's client watcher may linger
+QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client
+HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before checking the reply
 
 
 class Source(Iterable[Delta], Protocol):
@@ -181,7 +183,8 @@ class Relay:
 
     def _events(self) -> Generator[bytes]:
         """Server-Sent Events: a token event per delta, a ping comment per silence, then done."""
-        items: queue.SimpleQueue[Delta | BaseException] = queue.SimpleQueue()
+        # Bounded: while the client is behind, the pump waits and the upstream is held back.
+        items: queue.Queue[Delta | BaseException] = queue.Queue(maxsize=QUEUED_DELTAS)
         self._pumping = True
         _thread.start_new_thread(self._pump, (items,))
         item: Delta | BaseException | None = self._first
@@ -215,22 +218,29 @@ class Relay:
         finally:
             self.finished = True
 
-    def _pump(self, items: queue.SimpleQueue[Delta | BaseException]) -> None:
+    def _pump(self, items: queue.Queue[Delta | BaseException]) -> None:
         """Read the upstream into ``items`` (in its own greenlet), so silences can be timed."""
         try:
             if type(self._first) is str:
                 for item in self.deltas:
-                    if self.finished:
-                        break
-                    items.put(item)
-                    if type(item) is not str:
+                    if not self._hand_over(items, item) or type(item) is not str:
                         break
                 else:
-                    items.put(None)  # the model stopped without a last item: no usage
+                    self._hand_over(items, None)  # the model stopped without a last item: no usage
         except BaseException as error:
-            items.put(error)
+            self._hand_over(items, error)
         finally:
             self.source.close()
+
+    def _hand_over(self, items: queue.Queue[Delta | BaseException], item: Delta | BaseException) -> bool:
+        """Queue ``item`` once there is room; False if the reply ended meanwhile."""
+        while not self.finished:
+            try:
+                items.put(item, timeout=HAND_OVER_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
 
 
 class _Ping:

@@ -208,6 +208,9 @@ def events(*chunks: bytes) -> list[bytes]:
         ((b"data: last",), [b"last"]),
         ((b"data: done\n",), [b"done"]),
         ((b"\n\n\n",), []),
+        ((b"data: a\r", b"\n\r\ndata: b\r\n", b"\r\n"), [b"a", b"b"]),
+        ((b"data: a\n", b"\ndata: b\n\n"), [b"a", b"b"]),
+        ((b"data: a", b"bc", b"def\n\n"), [b"abcdef"]),
     ],
 )
 def test_sse_batches_split_events(chunks: tuple[bytes, ...], expected: list[bytes]) -> None:
@@ -231,6 +234,19 @@ def test_retry_after_is_whole_seconds(headers: dict[str, str], seconds: int) -> 
     assert retry_after(httpx2.Headers(headers)) == seconds
 
 
+def test_an_endless_event_is_cut_off_quickly() -> None:
+    def endless() -> Iterator[bytes]:
+        yield b'data: {"choices": [{"delta": {"content": "'
+        while True:
+            yield b"x" * 4096
+
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as caught:
+        list(sse_batches(endless()))
+    assert caught.value.reason == "upstream_malformed"
+    assert time.monotonic() - started < 0.5  # linear, and cut at the cap
+
+
 def test_server_without_usage_numbers_gives_none(upstream: FakeUpstream) -> None:
     from app.llm import read_usage
 
@@ -240,6 +256,7 @@ def test_server_without_usage_numbers_gives_none(upstream: FakeUpstream) -> None
     )
     assert read_usage(None, "a", "b") is None
     assert read_usage({"a": 1, "b": True}, "a", "b") is None
+    assert read_usage({"a": 1, "b": -5}, "a", "b") is None
     assert read_usage({"a": 1, "b": 2}, "a", "b") == Usage(1, 2)
 
 

@@ -6,6 +6,8 @@ import json
 import socket
 import time
 
+import pytest
+
 from ..conftest import SECRET_KEY
 from ..fake_upstream import FakeUpstream, Script
 from ..soak import soak
@@ -17,7 +19,10 @@ def rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-def test_a_client_that_stops_reading_holds_back_the_upstream(upstream_server: FakeUpstream) -> None:
+@pytest.mark.parametrize("accept", ["text/plain", "text/event-stream"])
+def test_a_client_that_stops_reading_holds_back_the_upstream(
+    upstream_server: FakeUpstream, accept: str
+) -> None:
     deltas = ["x" * 2000] * 20_000  # 40 MB of reply, unpaced: far more than socket buffers hold
     upstream_server.reset(Script(deltas=deltas))
     server = LiveServer({"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream_server.base_url})
@@ -30,7 +35,7 @@ def test_a_client_that_stops_reading_holds_back_the_upstream(upstream_server: Fa
         sock.connect(("127.0.0.1", server.port))
         sock.sendall(
             b"POST /api/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            b"Accept: %s\r\nContent-Length: %d\r\n\r\n%s" % (accept.encode(), len(body), body)
         )
         time.sleep(2.0)
         stream = upstream_server.streams[0]
