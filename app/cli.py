@@ -17,28 +17,34 @@ TRAILER = "\n[error: "  # how the stream route ends a reply that failed after it
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; the exit status is 0, 1 for a failed request, 2 for bad usage, 130 for Ctrl-C."""
     args = parse_args(argv)
-    message = " ".join(args.message) if args.message else sys.stdin.read()
-    if not message.strip():
-        print("chat: give a message, or pipe one in on standard input", file=sys.stderr)
-        return 2
-    body: dict[str, Any] = {"message": message}
-    if args.model:
-        body["model"] = args.model
-    if args.system:
-        body["instructions"] = args.system
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     url = args.url.rstrip("/")
     try:
+        message = " ".join(args.message) if args.message else sys.stdin.read()
+        if not message.strip():
+            print("chat: give a message, or pipe one in on standard input", file=sys.stderr)
+            return 2
+        body: dict[str, Any] = {"message": message}
+        if args.model:
+            body["model"] = args.model
+        if args.system:
+            body["instructions"] = args.system
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         if args.no_stream:
             return ask(f"{url}/api/chat", body, headers, args.timeout)
         return stream(f"{url}/api/chat/stream", body, headers, args.timeout)
-    except requests.ConnectionError:
-        print(f"chat: cannot reach {url}: is the server running?", file=sys.stderr)
-    except requests.Timeout:
-        print(f"chat: {url} did not answer within {args.timeout:g} s", file=sys.stderr)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except requests.ConnectTimeout:
+        print(f"chat: cannot reach {url}: it did not accept the connection", file=sys.stderr)
+    except requests.Timeout:
+        print(f"chat: {url} went silent for {args.timeout:g} s", file=sys.stderr)
+    except requests.exceptions.ChunkedEncodingError:
+        print(f"\nchat: the connection to {url} broke before the reply was complete", file=sys.stderr)
+    except requests.ConnectionError:
+        print(f"chat: cannot reach {url}: is the server running?", file=sys.stderr)
+    except (requests.RequestException, ValueError, KeyError):
+        print(f"chat: {url} sent an answer that could not be read", file=sys.stderr)
     return 1
 
 

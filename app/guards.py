@@ -24,9 +24,15 @@ def init_app(app: Flask, chat: Blueprint) -> None:
     if config["API_KEYS"]:
         app.before_request(check_key)
     if config["RATE_LIMIT"]:
+        storage = config["RATE_LIMIT_STORAGE_URI"]
+        # A Redis that is down must not take the API with it: each worker counts on its own
+        # until it is back, and a dead connection is given up on within a second.
+        timeouts: dict[str, str | int] = {"socket_connect_timeout": 1, "socket_timeout": 1}
         limiter = Limiter(
             key_func=client_key,
-            storage_uri=config["RATE_LIMIT_STORAGE_URI"],
+            storage_uri=storage,
+            storage_options=timeouts if storage.startswith("redis") else {},
+            in_memory_fallback_enabled=True,
             headers_enabled=True,
             retry_after="delta-seconds",
             key_prefix="chat",
@@ -49,14 +55,19 @@ def check_key() -> None:
     """Require ``Authorization: Bearer <one of API_KEYS>`` on /api/*, compared in constant time."""
     if not request.path.startswith("/api/") or request.method == "OPTIONS":
         return  # a CORS preflight carries no credentials
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    given = token.strip().encode()
+    given = bearer_token()
     matched = False
     for key in current_app.config["API_KEYS"]:
         matched |= hmac.compare_digest(given, key.encode())  # every key, so timing tells nothing
-    if scheme.lower() != "bearer" or not given or not matched:
+    if not given or not matched:
         raise ApiError("A valid API key is required: send 'Authorization: Bearer <key>'.", 401, UNAUTHORIZED)
     g.client = "key:" + hashlib.sha256(given).hexdigest()[:12]  # never the key itself
+
+
+def bearer_token() -> bytes:
+    """The token of an ``Authorization: Bearer <token>`` header (the scheme in any case), else b""."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    return token.strip().encode() if scheme.lower() == "bearer" else b""
 
 
 def client_key() -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -23,6 +23,7 @@ from prometheus_client import (
 )
 
 from .errors import ApiError
+from .guards import bearer_token
 
 bp = Blueprint("metrics", __name__)
 
@@ -67,10 +68,8 @@ def observe(fields: dict[str, Any], route: str) -> None:
 def metrics() -> Response:
     """Prometheus text, summed over every worker when several run."""
     token = current_app.config["METRICS_TOKEN"]
-    if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").encode()
-        if not hmac.compare_digest(given, token.encode()):
-            raise ApiError("A valid metrics token is required.", 401, {"WWW-Authenticate": "Bearer"})
+    if token and not hmac.compare_digest(bearer_token(), token.encode()):
+        raise ApiError("A valid metrics token is required.", 401, {"WWW-Authenticate": "Bearer"})
     if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

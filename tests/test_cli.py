@@ -144,3 +144,36 @@ def test_ctrl_c_stops_cleanly(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Ca
     monkeypatch.setattr(requests.Response, "iter_content", interrupted)
     assert run("hi") == 130
     assert capsys.readouterr().out == "Hel"
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        (requests.exceptions.ChunkedEncodingError("cut"), "the connection to http://chat.test broke"),
+        (requests.exceptions.ReadTimeout("slow"), "http://chat.test went silent for 120 s"),
+        (requests.exceptions.ConnectTimeout("no"), "cannot reach http://chat.test: it did not accept"),
+    ],
+)
+def test_transport_failures_get_a_sentence_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], raised: Exception, said: str
+) -> None:
+    responses.post(STREAM, body=raised)
+    assert run("hi") == 1
+    assert said in capsys.readouterr().err
+
+
+@responses.activate
+def test_a_reply_that_is_not_json_is_reported(capsys: pytest.CaptureFixture[str]) -> None:
+    responses.post(WHOLE, body="<html>proxy page</html>", status=200)
+    assert run("--no-stream", "hi") == 1
+    assert capsys.readouterr().err == "chat: http://chat.test sent an answer that could not be read\n"
+
+
+def test_ctrl_c_while_reading_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Interrupted(io.StringIO):
+        def read(self, size: int | None = -1) -> str:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdin", Interrupted())
+    assert run() == 130

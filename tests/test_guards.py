@@ -197,3 +197,15 @@ def test_two_instances_share_one_limit_through_redis(redis_url: str) -> None:
         for client in (first, second, first, second)
     ]
     assert statuses == [200, 200, 200, 429]
+
+
+def test_a_redis_that_is_down_falls_back_to_counting_per_worker(caplog: pytest.LogCaptureFixture) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        nobody = sock.getsockname()[1]  # closed again: nothing listens there
+    client = demo_app(
+        RATE_LIMIT="2/minute", RATE_LIMIT_STORAGE_URI=f"redis://127.0.0.1:{nobody}/0"
+    ).test_client()
+    statuses = [client.post("/api/chat", json=ASK).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]  # no 500: the limits still hold, in memory
+    assert any("falling back to in-memory" in r.getMessage() for r in caplog.records)

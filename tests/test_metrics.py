@@ -76,4 +76,6 @@ def test_a_metrics_token_guards_the_metrics() -> None:
     client = create_app({"TESTING": True, "METRICS_TOKEN": "scrape-me"}).test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "scrape-me"}).status_code == 401  # no scheme
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": "bearer scrape-me"}).status_code == 200

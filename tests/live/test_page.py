@@ -164,3 +164,34 @@ def test_an_error_after_the_reply_started_is_shown(page: Any, upstream_server: F
         assert last_reply(page).locator(".error").inner_text() == "The connection to the model broke."
     finally:
         server.stop()
+
+
+def test_a_server_that_asks_for_a_key_gets_it_from_the_page(page: Any) -> None:
+    server = LiveServer({"DEMO_DELAY_MS": "5", "API_KEYS": "page-key"})
+    try:
+        page.goto(server.url + "/")
+        page.get_by_label("Message").fill("hello")
+        page.keyboard.press("Enter")
+        wait_state(page, "error")
+        assert last_reply(page).locator(".error").inner_text().startswith("A valid API key is required")
+        page.get_by_label("API key").fill("page-key")
+        page.get_by_label("API key").dispatch_event("change")
+        page.get_by_label("Message").fill("hello again")
+        page.keyboard.press("Enter")
+        assert wait_state(page, "done") == "done"
+        page.reload()  # the key stays for the tab
+        assert page.get_by_label("API key").input_value() == "page-key"
+    finally:
+        server.stop()
+
+
+def test_the_history_sent_stays_within_the_servers_limits(page: Any, demo_page_server: LiveServer) -> None:
+    page.goto(demo_page_server.url + "/")
+    sizes = page.evaluate(
+        """() => {
+            for (let i = 0; i < 150; i++) remember(`question ${i}`, "x".repeat(5000));
+            return [turns.length, JSON.stringify(turns).length, turns[turns.length - 2].content];
+        }"""
+    )
+    assert sizes[0] <= 198 and sizes[1] <= 500_000
+    assert sizes[2] == "question 149"  # the newest exchanges are the ones kept
