@@ -97,6 +97,21 @@ def chat_operation(stream: bool) -> dict[str, Any]:
         }
     else:
         ok = {"description": "The whole reply", "content": json_of({"$ref": "#/components/schemas/Reply"})}
+    request_id = {
+        "X-Request-ID": {
+            "description": "The request's id (kept from the request if given)",
+            "schema": {"type": "string"},
+        }
+    }
+    ok["headers"] = request_id
+    limited = error_response("Over the rate limit (ours or the model provider's); see Retry-After")
+    limited["headers"] = {
+        **request_id,
+        "Retry-After": {
+            "description": "Seconds to wait",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+    }
     return {
         "summary": "Stream a reply" if stream else "Get a whole reply",
         "security": [{}, {"bearer": []}],
@@ -106,7 +121,7 @@ def chat_operation(stream: bool) -> dict[str, Any]:
             "400": error_response("The body is not valid: the sentence names the field"),
             "401": error_response("API keys are required and none valid was given"),
             "413": error_response("The body is over 1 MiB"),
-            "429": error_response("Over the rate limit (ours or the model provider's); see Retry-After"),
+            "429": limited,
             "502": error_response("The model provider refused, rejected our key, or broke"),
             "504": error_response("The model provider went silent for too long"),
         },

@@ -11,9 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from .server import LiveServer
 
 
-@pytest.fixture(scope="module")
-def contract_server() -> Iterator[LiveServer]:
-    server = LiveServer({"DEMO_DELAY_MS": "0", "MAX_MESSAGE_CHARS": "2000"})
+@pytest.fixture(
+    scope="module",
+    params=[{}, {"API_KEYS": "contract-key", "RATE_LIMIT": "5/minute", "METRICS_TOKEN": "scrape"}],
+    ids=["open", "guarded"],
+)
+def contract_server(request: pytest.FixtureRequest) -> Iterator[LiveServer]:
+    server = LiveServer({"DEMO_DELAY_MS": "0", "MAX_MESSAGE_CHARS": "2000", **request.param})
     yield server
     server.stop()
 
