@@ -15,7 +15,7 @@ from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script
 
-SECRET_KEY = "sk-SENTINEL-upstream-key-0123456789abcdef"
+SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
 
 
 @pytest.fixture
