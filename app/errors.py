@@ -57,7 +57,6 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(ApiError)
     def handle_api_error(error: ApiError) -> Response:
-        g.error_reason = getattr(error, "reason", None)
         return error_response(error.status, error.message, error.headers)
 
     @app.errorhandler(HTTPException)

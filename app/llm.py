@@ -28,13 +28,13 @@ from .validation import ChatRequest
 
 OPENAI_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"  # keyless local servers (Ollama, vLLM) still get a bearer header
-# Raw bytes are the body only when nothing compresses it; SSE is not worth compressing anyway.
 # httpcore2's pool makes a pass over all its connections whenever a request starts or ends,
 # probing each idle one's socket: with one pool, a request costs more the more streams are
 # open or were. Many small pools, each keeping few idle connections, keep every pass short.
 POOL_SHARDS = 32
 IDLE_PER_POOL = 8
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event; OpenAI's are a few hundred bytes
+# Raw bytes are the body only when nothing compresses it; SSE is not worth compressing anyway.
 STREAM: Any = {"headers": {"Accept": "text/event-stream", "Accept-Encoding": "identity"}}
 
 
@@ -264,7 +264,7 @@ def parse_chat(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | N
         if texts:
             yield texts[0] if len(texts) == 1 else "".join(texts)
     if not finished:
-        raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
+        raise cut_short()
     return usage
 
 
@@ -296,7 +296,11 @@ def parse_responses(batches: Iterable[list[bytes]]) -> Generator[str, None, Usag
                 raise in_band_error(event)
         if texts:
             yield texts[0] if len(texts) == 1 else "".join(texts)
-    raise UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
+    raise cut_short()
+
+
+def cut_short() -> UpstreamError:
+    return UpstreamError("The model's stream ended before the reply was complete.", reason="upstream_cut")
 
 
 def malformed() -> UpstreamError:

@@ -97,12 +97,12 @@ def finish_request(response: Response) -> Response:
                 tokens_out=relay.usage.output_tokens if relay.usage else None,
                 outcome=relay.outcome,
             )
-            reason_now = relay.reason or reason
         else:
             fields["outcome"] = "error" if fields["status"] >= 400 else "complete"
-            reason_now = reason
-        if reason_now:
-            fields["reason"] = reason_now
+        # A relay records its own failures, the internal ones too; the rest come from errors.py.
+        why = relay.reason if relay is not None else reason
+        if why:
+            fields["reason"] = why
         fields["request_id"] = request_id
         if relay is not None:
             fields["framing"] = relay.framing  # text, sse or json: last, after the SPEC's keys

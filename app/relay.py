@@ -154,6 +154,16 @@ class Relay:
             except StopIteration:
                 return
 
+    def _failed(self, error: Exception) -> str | None:
+        """Record a failure after the start; the sentence to send, or None when nobody listens."""
+        if isinstance(error, UpstreamError):
+            self._end("error", error.reason)
+            return None if self.client_gone else error.message
+        # A bug: said in-band and logged as one line, never as a traceback.
+        log.error("unhandled %s while streaming a reply", type(error).__name__)
+        self._end("error", "internal")
+        return INTERNAL_ERROR
+
     def _count(self, text: str) -> None:
         if self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
@@ -170,14 +180,10 @@ class Relay:
             if carry:
                 yield REPLACEMENT
             self._end("complete")
-        except UpstreamError as error:
-            self._end("error", error.reason)
-            if not self.client_gone:
-                yield f"\n[error: {error.message}]".encode()
-        except Exception as error:  # a bug: say so in-band and in the log, never as a traceback
-            log.error("unhandled %s while streaming a reply", type(error).__name__)
-            self._end("error", "internal")
-            yield f"\n[error: {INTERNAL_ERROR}]".encode()
+        except Exception as error:
+            message = self._failed(error)
+            if message:
+                yield f"\n[error: {message}]".encode()
         finally:
             self.source.close()
 
@@ -207,14 +213,10 @@ class Relay:
                     item = items.get(timeout=self.ping_s)
                 except queue.Empty:
                     item = PING
-        except UpstreamError as error:
-            self._end("error", error.reason)
-            if not self.client_gone:
-                yield event({"type": "error", "message": error.message})
-        except Exception as error:  # a bug: say so in-band and in the log, never as a traceback
-            log.error("unhandled %s while streaming a reply", type(error).__name__)
-            self._end("error", "internal")
-            yield event({"type": "error", "message": INTERNAL_ERROR})
+        except Exception as error:
+            message = self._failed(error)
+            if message:
+                yield event({"type": "error", "message": message})
         finally:
             self.finished = True
 
