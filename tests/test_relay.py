@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 from collections.abc import Generator
 
 import pytest
@@ -118,16 +117,16 @@ def test_the_watcher_stops_when_the_reply_is_over(monkeypatch: pytest.MonkeyPatc
     server_side, client_side = socket.socketpair()
     source = Cancellable("a")
     relay = Relay(source, started=0.0)
-    relay.watch(server_side)
+    watcher = threading.Thread(target=relay._watch, args=(server_side,), daemon=True)  # what watch() starts
+    watcher.start()
     relay.open()
     assert list(relay) == [b"a"]
     relay.close()
-    time.sleep(0.15)  # a poll or two: the watcher has gone
+    watcher.join(timeout=1.0)
+    assert not watcher.is_alive()  # gone within a poll or two of the reply's end
+    client_side.close()  # a hang-up now is no longer the watcher's business
+    assert not source.cancelled.wait(0.1)
     server_side.close()
-    client_side.close()
-    time.sleep(0.1)
-    assert not source.cancelled.is_set()
-    assert not any(t.name == "client-watch" for t in threading.enumerate())
 
 
 def test_a_hang_up_turns_the_upstream_error_into_a_disconnect() -> None:
