@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from flask import Flask
 
 from .conftest import SECRET_KEY
-from .fake_upstream import FakeUpstream, Script
-from .test_faults import FAULTS, refused_url
+from .fake_upstream import FakeUpstream
+from .test_faults import FAULTS, FRAMINGS, fault_client
 
 CLIENT_KEY = "client-SENTINEL-key-7f3a"
 WRONG_KEY = "client-SENTINEL-wrong-91bd"
@@ -27,21 +28,20 @@ def test_no_sentinel_escapes_on_any_error_path(
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, every level
     seen: list[str] = []
-    for name, script, *_ in FAULTS:
-        settings = {"OPENAI_API": api, "UPSTREAM_TIMEOUT_S": "0.3", "API_KEYS": f"{CLIENT_KEY},other"}
-        if script is None:
-            settings["OPENAI_BASE_URL"] = refused_url()
-        else:
-            # An upstream that quotes the key back, as OpenAI's 401 does (partly).
-            upstream.script = Script(
-                **{**script.__dict__, "error_message": f"Incorrect API key: {SECRET_KEY}"}
+    for fault in FAULTS:
+        if fault.script is not None:  # every upstream here quotes the key back in its error
+            fault = replace(
+                fault, script=replace(fault.script, error_message=f"Incorrect API key: {SECRET_KEY}")
             )
-        client = make_openai_app(**settings).test_client()
-        route = "/api/chat" if framing == "json" else "/api/chat/stream"
-        accept = {"Accept": "text/event-stream"} if framing == "sse" else {}
+        client = fault_client(
+            make_openai_app, upstream, fault, OPENAI_API=api, API_KEYS=f"{CLIENT_KEY},other"
+        )
+        route, accept = FRAMINGS[framing]
         for key in (CLIENT_KEY, WRONG_KEY):
             headers = {"Authorization": f"Bearer {key}", **accept}
-            response = client.post(route, json={"message": f"hello {name}"}, headers=headers, buffered=True)
+            response = client.post(
+                route, json={"message": f"hello {fault.name}"}, headers=headers, buffered=True
+            )
             seen.append(response.get_data(as_text=True))
             seen.extend(f"{k}: {v}" for k, v in response.headers.items())
     seen.extend(f"{r.name} {r.getMessage()} {getattr(r, 'fields', '')}" for r in caplog.records)
