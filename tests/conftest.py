@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -11,11 +12,20 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.errors import UpstreamError
 from app.llm import Delta, Usage
+from app.settings import DEFAULTS
 from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script
 
 SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test's own SQLite database: the default for every app it builds."""
+    url = f"sqlite:///{tmp_path}/chat.db"
+    monkeypatch.setitem(DEFAULTS, "DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture
