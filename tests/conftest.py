@@ -1,4 +1,4 @@
-"""Fixtures: the app on the demo model, a fake OpenAI-compatible upstream, a scripted model."""
+"""Fixtures: the app on the demo model, a fake OpenAI-compatible upstream, a scripted model, Postgres."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from app.settings import DEFAULTS
 from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script
+from .postgres import PostgresServer, PostgresUnavailable
 
 SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
 
@@ -116,3 +117,22 @@ def fake_llm(app: Flask) -> FakeLLM:
     llm = FakeLLM()
     app.extensions["llm"] = llm
     return llm
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session, or a skip that says why there is none."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database of its own, dropped after the test."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)
