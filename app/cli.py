@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import json
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 import requests
 
-TRAILER = "\n[error: "  # how the stream route ends a reply that failed after it started
+LINE_END = re.compile(r"\r\n|\r|\n")  # the three line endings of server-sent events
+
+
+class Cut(Exception):
+    """The event stream ended before its ``done`` or ``error`` event."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,11 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"chat: cannot reach {url}: it did not accept the connection", file=sys.stderr)
     except requests.Timeout:
         print(f"chat: {url} went silent for {args.timeout:g} s", file=sys.stderr)
-    except requests.exceptions.ChunkedEncodingError:
+    except (requests.exceptions.ChunkedEncodingError, Cut):
         print(f"\nchat: the connection to {url} broke before the reply was complete", file=sys.stderr)
     except requests.ConnectionError:
         print(f"chat: cannot reach {url}: is the server running?", file=sys.stderr)
-    except (requests.RequestException, ValueError, KeyError):
+    except (requests.RequestException, ValueError):
         print(f"chat: {url} sent an answer that could not be read", file=sys.stderr)
     return 1
 
@@ -65,53 +71,89 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def ask(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> int:
     """POST to /api/chat and print the whole reply."""
     response = requests.post(url, json=body, headers=headers, timeout=(10, timeout))
-    if response.status_code != 200:
+    if not response.ok:
         return fail(response)
-    print(response.json()["reply"])
+    print(field(response.json(), "reply"))
     return 0
 
 
 def stream(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> int:
-    """POST to /api/chat/stream and write each chunk as it arrives."""
+    """POST to /api/chat/stream in the SSE framing and write each token as it arrives."""
+    headers = {**headers, "Accept": "text/event-stream"}
     with requests.post(url, json=body, headers=headers, stream=True, timeout=(10, timeout)) as response:
-        if response.status_code != 200:
+        if not response.ok:
             return fail(response)
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            raise ValueError("the answer is not an event stream")
         error = relay(response.iter_content(chunk_size=None), sys.stdout)
     print()
-    if error:
+    if error is not None:
         print(f"chat: {error}", file=sys.stderr)
         return 1
     return 0
 
 
 def relay(chunks: Iterable[bytes], out: TextIO) -> str | None:
-    """Write the text of ``chunks`` to ``out`` as it comes; returns the in-band error, if any.
+    """Write each token event's text to ``out`` as it comes; None after ``done``, or the error sentence.
 
-    Only a last line that could be the start of the error trailer is held back.
+    Raises ``Cut`` when the stream ends without either.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for data in events(lines(chunks)):
+        event = json.loads(data)
+        kind = field(event, "type")
+        if kind == "token":
+            out.write(field(event, "content"))
+            out.flush()
+        elif kind == "error":
+            return field(event, "message")
+        elif kind == "done":
+            return None
+        # metadata, reasoning and any later kind of event are not part of the reply
+    raise Cut
+
+
+def lines(chunks: Iterable[bytes]) -> Iterator[str]:
+    """The lines of a byte stream cut anywhere, each without its \\n, \\r\\n or \\r ending."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")  # an opening BOM is dropped
     pending = ""
     for chunk in chunks:
         pending += decoder.decode(chunk)
-        cut = pending.rfind("\n")
-        keep = pending[cut:] if cut >= 0 else ""
-        if not (TRAILER.startswith(keep) or keep.startswith(TRAILER)):
-            keep = ""
-        out.write(pending[: len(pending) - len(keep)])
-        out.flush()
-        pending = keep
-    pending += decoder.decode(b"", final=True)
-    if pending.startswith(TRAILER) and pending.endswith("]"):
-        return pending[len(TRAILER) : -1]
-    out.write(pending)
-    return None
+        # A last \r may be the first half of \r\n: it stays with the unfinished line until more comes.
+        held = "\r" if pending.endswith("\r") else ""
+        *complete, pending = LINE_END.split(pending.removesuffix("\r"))
+        pending += held
+        yield from complete
+    *complete, _unfinished = LINE_END.split(pending + decoder.decode(b"", final=True))
+    yield from complete
+
+
+def events(lines: Iterable[str]) -> Iterator[str]:
+    """The data of each event: its ``data:`` lines joined with \\n; comments and other fields ignored."""
+    data: list[str] = []
+    for line in lines:
+        if not line:  # a blank line ends the event
+            if data:
+                yield "\n".join(data)
+            data = []
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            if name == "data":
+                data.append(value.removeprefix(" "))
+
+
+def field(data: Any, name: str) -> str:
+    """The string ``name`` of the JSON object ``data``; ValueError when it has none."""
+    value = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(value, str):
+        raise ValueError(f"the answer has no string {name!r}")
+    return value
 
 
 def fail(response: requests.Response) -> int:
     """Print the server's error sentence (or its status) to stderr."""
     try:
-        sentence = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
+        sentence = field(response.json(), "error")
+    except ValueError:
         sentence = f"the server answered HTTP {response.status_code}"
     print(f"chat: {sentence}", file=sys.stderr)
     return 1
