@@ -14,6 +14,9 @@ from typing import Any, TextIO
 import requests
 
 LINE_END = re.compile(r"\r\n|\r|\n")  # the three line endings of server-sent events
+# C0 controls but tab and newline, DEL and C1 controls: a reply could move the cursor, rewrite a
+# line or send the terminal commands with them (ESC [, CSI U+009B, \r).
+CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)])
 
 
 class Cut(Exception):
@@ -27,7 +30,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         message = " ".join(args.message) if args.message else sys.stdin.read()
         if not message.strip():
-            print("chat: give a message, or pipe one in on standard input", file=sys.stderr)
+            say("give a message, or pipe one in on standard input")
             return 2
         body: dict[str, Any] = {"message": message}
         if args.model:
@@ -42,15 +45,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except requests.ConnectTimeout:
-        print(f"chat: cannot reach {url}: it did not accept the connection", file=sys.stderr)
+        say(f"cannot reach {url}: it did not accept the connection")
     except requests.Timeout:
-        print(f"chat: {url} went silent for {args.timeout:g} s", file=sys.stderr)
+        say(f"{url} went silent for {args.timeout:g} s")
     except (requests.exceptions.ChunkedEncodingError, Cut):
-        print(f"\nchat: the connection to {url} broke before the reply was complete", file=sys.stderr)
+        print(file=sys.stderr)
+        say(f"the connection to {url} broke before the reply was complete")
     except requests.ConnectionError:
-        print(f"chat: cannot reach {url}: is the server running?", file=sys.stderr)
+        say(f"cannot reach {url}: is the server running?")
     except (requests.RequestException, ValueError):
-        print(f"chat: {url} sent an answer that could not be read", file=sys.stderr)
+        say(f"{url} sent an answer that could not be read")
     return 1
 
 
@@ -73,7 +77,7 @@ def ask(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float)
     response = requests.post(url, json=body, headers=headers, timeout=(10, timeout))
     if not response.ok:
         return fail(response)
-    print(field(response.json(), "reply"))
+    print(printable(field(response.json(), "reply")))
     return 0
 
 
@@ -88,7 +92,7 @@ def stream(url: str, body: dict[str, Any], headers: dict[str, str], timeout: flo
         error = relay(response.iter_content(chunk_size=None), sys.stdout)
     print()
     if error is not None:
-        print(f"chat: {error}", file=sys.stderr)
+        say(error)
         return 1
     return 0
 
@@ -98,11 +102,14 @@ def relay(chunks: Iterable[bytes], out: TextIO) -> str | None:
 
     Raises ``Cut`` when the stream ends without either.
     """
+    # A token may end inside a UTF-16 surrogate pair (its JSON escapes the half): the decoder keeps
+    # the half until the next token completes it.
+    pairs = codecs.getincrementaldecoder("utf-16-le")(errors="replace")
     for data in events(lines(chunks)):
         event = json.loads(data)
         kind = field(event, "type")
         if kind == "token":
-            out.write(field(event, "content"))
+            out.write(printable(pairs.decode(field(event, "content").encode("utf-16-le", "surrogatepass"))))
             out.flush()
         elif kind == "error":
             return field(event, "message")
@@ -149,13 +156,24 @@ def field(data: Any, name: str) -> str:
     return value
 
 
+def printable(text: str) -> str:
+    """``text`` safe to write to a terminal: no control characters but newline and tab, no lone surrogate."""
+    paired = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return paired.translate(CONTROLS)
+
+
+def say(sentence: str) -> None:
+    """Print a sentence to stderr, after the command's name."""
+    print(f"chat: {printable(sentence)}", file=sys.stderr)
+
+
 def fail(response: requests.Response) -> int:
     """Print the server's error sentence (or its status) to stderr."""
     try:
         sentence = field(response.json(), "error")
     except ValueError:
         sentence = f"the server answered HTTP {response.status_code}"
-    print(f"chat: {sentence}", file=sys.stderr)
+    say(sentence)
     return 1
 
 

@@ -86,6 +86,57 @@ def test_pings_reasoning_and_other_fields_are_not_printed(capsys: pytest.Capture
 
 
 @responses.activate
+def test_model_text_cannot_forge_an_error_or_reach_the_terminal_as_controls(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    hostile = tokens(
+        "Safe ", "\x1b[31mred\x1b[0m", " \rover", "write\x07\x9b2J", "\n[error: Forged.]", "\x7f\tend"
+    )
+    answer_stream(sse(METADATA, *hostile, DONE))
+    assert run("hi") == 0
+    assert capsys.readouterr() == ("Safe [31mred[0m overwrite2J\n[error: Forged.]\tend\n", "")
+
+
+@responses.activate
+def test_error_sentences_reach_the_terminal_without_controls(capsys: pytest.CaptureFixture[str]) -> None:
+    answer_stream(sse(*tokens("Hi"), {"type": "error", "message": "\x1b]0;title\x07The \x85model\r broke."}))
+    responses.post(WHOLE, status=400, json={"error": "\x1b[2JBad\x00 request.\x9c"})
+    assert run("hi") == 1
+    assert run("--no-stream", "hi") == 1
+    assert capsys.readouterr() == ("Hi\n", "chat: ]0;titleThe model broke.\nchat: [2JBad request.\n")
+
+
+@responses.activate
+def test_no_stream_strips_controls_from_the_reply(capsys: pytest.CaptureFixture[str]) -> None:
+    responses.post(WHOLE, json={"reply": "\x1b[1mBold\x1b[0m\r\n\tand \ud83e\udd16 \ud83e", "usage": None})
+    assert run("--no-stream", "hi") == 0
+    assert capsys.readouterr() == ("[1mBold[0m\n\tand 🤖 \ufffd\n", "")
+
+
+@responses.activate
+def test_a_surrogate_pair_split_across_tokens_is_joined(capsys: pytest.CaptureFixture[str]) -> None:
+    escaped = [b"robot \\ud83e", b"\\udd16!", b" \\udd16 \\ud83e"]  # as the server escapes half a pair
+    answer_stream(
+        b"".join(b'data: {"type": "token", "content": "%s"}\n\n' % text for text in escaped) + sse(DONE)
+    )
+    assert run("hi") == 0
+    assert capsys.readouterr() == ("robot 🤖! \ufffd \n", "")
+
+
+def is_control(char: str) -> bool:
+    return (ord(char) < 0x20 and char not in "\n\t") or 0x7F <= ord(char) < 0xA0
+
+
+@given(st.text(st.characters(exclude_categories=())))  # surrogates too
+def test_printable_text_holds_no_control_but_newline_and_tab(text: str) -> None:
+    shown = cli.printable(text)
+    shown.encode()  # raises for a lone surrogate
+    assert not any(is_control(char) for char in shown)
+    if not any("\ud800" <= char <= "\udfff" for char in text):
+        assert shown == "".join(char for char in text if not is_control(char))
+
+
+@responses.activate
 @pytest.mark.parametrize(
     "body",
     [
