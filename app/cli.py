@@ -28,19 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     url = args.url.rstrip("/")
     try:
-        message = " ".join(args.message) if args.message else sys.stdin.read()
-        if not message.strip():
-            say("give a message, or pipe one in on standard input")
-            return 2
-        body: dict[str, Any] = {"message": message}
-        if args.model:
-            body["model"] = args.model
-        if args.system:
-            body["instructions"] = args.system
-        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-        if args.no_stream:
-            return ask(f"{url}/api/chat", body, headers, args.timeout)
-        return stream(f"{url}/api/chat/stream", body, headers, args.timeout)
+        return chat(args, url)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
@@ -69,7 +57,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", help="a model the service allows")
     parser.add_argument("--system", help="an instruction for the model, e.g. 'You are terse.'")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the server")
+    stored = parser.add_mutually_exclusive_group()
+    stored.add_argument("--conversation", metavar="ID", help="continue the stored conversation ID")
+    stored.add_argument(
+        "--new", action="store_true", help="start a stored conversation; its id goes to stderr"
+    )
     return parser.parse_args(argv)
+
+
+def chat(args: argparse.Namespace, url: str) -> int:
+    """Send the message, as a turn of a stored conversation with --conversation or --new; print the reply."""
+    message = " ".join(args.message) if args.message else sys.stdin.read()
+    if not message.strip():
+        say("give a message, or pipe one in on standard input")
+        return 2
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    settings = {"model": args.model, "instructions": args.system}
+    settings = {name: value for name, value in settings.items() if value}
+    body: dict[str, Any] = {"message": message}
+    if args.new:  # the settings become the new conversation's defaults
+        response = requests.post(
+            f"{url}/api/conversations", json=settings, headers=headers, timeout=(10, args.timeout)
+        )
+        if not response.ok:
+            return fail(response)
+        body["conversation_id"] = field(response.json(), "id")
+        print(f"conversation: {printable(body['conversation_id'])}", file=sys.stderr)
+    else:  # for this turn only (in a stored conversation, over its defaults)
+        body.update(settings)
+        if args.conversation is not None:
+            body["conversation_id"] = args.conversation
+    if args.no_stream:
+        return ask(f"{url}/api/chat", body, headers, args.timeout)
+    return stream(f"{url}/api/chat/stream", body, headers, args.timeout)
 
 
 def ask(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> int:

@@ -16,6 +16,7 @@ from app import cli
 URL = "http://chat.test"
 STREAM = f"{URL}/api/chat/stream"
 WHOLE = f"{URL}/api/chat"
+CONVERSATIONS = f"{URL}/api/conversations"
 METADATA = {"type": "metadata", "request_id": "r1", "model": "m", "conversation_id": None, "message_id": None}
 DONE = {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 3}}
 
@@ -240,7 +241,7 @@ def test_no_stream_prints_the_whole_reply(capsys: pytest.CaptureFixture[str]) ->
 
 
 @responses.activate
-@pytest.mark.parametrize("status", [400, 401, 413, 429, 502, 504])
+@pytest.mark.parametrize("status", [400, 401, 404, 409, 413, 429, 502, 504])
 @pytest.mark.parametrize("url", [STREAM, WHOLE])
 def test_error_statuses_print_the_server_sentence(
     capsys: pytest.CaptureFixture[str], status: int, url: str
@@ -275,6 +276,98 @@ def test_options_go_into_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     assert sent(0) == {"message": "hi", "model": "gpt-4o", "instructions": "Be terse."}
     assert first.headers["Authorization"] == "Bearer from-env"
     assert second.headers["Authorization"] == "Bearer from-flag"
+
+
+def answer_both_routes(reply: str) -> None:
+    answer_stream(sse(METADATA, *tokens(reply), DONE))
+    responses.post(WHOLE, json={"reply": reply, "model": "m", "usage": None, "request_id": "r"})
+
+
+@responses.activate
+@pytest.mark.parametrize("framing", [[], ["--no-stream"]])
+def test_conversation_sends_a_turn_of_it(capsys: pytest.CaptureFixture[str], framing: list[str]) -> None:
+    answer_both_routes("Yes.")
+    assert run(*framing, "--conversation", "c1", "And then?") == 0
+    assert run(*framing, "--conversation", "c1", "--model", "gpt-4o", "--system", "Be terse.", "Sure?") == 0
+    assert capsys.readouterr() == ("Yes.\nYes.\n", "")
+    assert sent(0) == {"message": "And then?", "conversation_id": "c1"}
+    assert sent(1) == {
+        "message": "Sure?",
+        "conversation_id": "c1",
+        "model": "gpt-4o",
+        "instructions": "Be terse.",
+    }
+    assert {call.request.url for call in responses.calls} == {WHOLE if framing else STREAM}
+
+
+@responses.activate
+@pytest.mark.parametrize("framing", [[], ["--no-stream"]])
+def test_new_starts_a_conversation_then_sends_the_message_in_it(
+    capsys: pytest.CaptureFixture[str], framing: list[str]
+) -> None:
+    responses.post(CONVERSATIONS, status=201, json={"id": "c9", "title": None, "messages": []})
+    answer_both_routes("Hello.")
+    assert run(*framing, "--new", "--api-key", "k", "--model", "gpt-4o", "--system", "Be terse.", "Hi") == 0
+    assert capsys.readouterr() == ("Hello.\n", "conversation: c9\n")
+    create, turn = (call.request for call in responses.calls)
+    assert (create.url, turn.url) == (CONVERSATIONS, WHOLE if framing else STREAM)
+    assert sent(0) == {"model": "gpt-4o", "instructions": "Be terse."}
+    assert sent(1) == {"message": "Hi", "conversation_id": "c9"}
+    assert create.headers["Authorization"] == turn.headers["Authorization"] == "Bearer k"
+
+
+@responses.activate
+def test_new_without_options_sends_an_empty_object(capsys: pytest.CaptureFixture[str]) -> None:
+    responses.post(CONVERSATIONS, status=201, json={"id": "c\x1b[31m9\r"})
+    answer_both_routes("Hello.")
+    assert run("--new", "Hi") == 0
+    assert sent(0) == {}
+    assert capsys.readouterr().err == "conversation: c[31m9\n"  # no control reaches the terminal
+
+
+@responses.activate
+def test_a_turn_refused_in_a_conversation_prints_the_server_sentence(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    responses.post(STREAM, status=404, json={"error": "There is no conversation 'gone'."})
+    responses.post(STREAM, status=409, json={"error": "A reply is still being written in this conversation."})
+    responses.post(CONVERSATIONS, status=201, json={"id": "c9"})
+    assert run("--conversation", "gone", "hi") == 1
+    assert run("--new", "hi") == 1  # the conversation was made: its id is still worth knowing
+    assert capsys.readouterr() == (
+        "",
+        "chat: There is no conversation 'gone'.\n"
+        "conversation: c9\nchat: A reply is still being written in this conversation.\n",
+    )
+
+
+def test_new_and_conversation_together_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run("--new", "--conversation", "c1", "hi")
+    assert exited.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+@responses.activate
+@pytest.mark.parametrize("status", [400, 401, 404, 429, 500])
+def test_a_conversation_that_cannot_be_started_prints_the_server_sentence(
+    capsys: pytest.CaptureFixture[str], status: int
+) -> None:
+    responses.post(CONVERSATIONS, status=status, json={"error": f"Sentence for {status}."})
+    assert run("--new", "hi") == 1
+    assert capsys.readouterr() == ("", f"chat: Sentence for {status}.\n")
+    assert len(responses.calls) == 1  # no turn is sent
+
+
+@responses.activate
+@pytest.mark.parametrize("body", [{"title": "no id"}, {"id": 7}, ["c1"]])
+def test_a_started_conversation_without_an_id_is_reported(
+    capsys: pytest.CaptureFixture[str], body: object
+) -> None:
+    responses.post(CONVERSATIONS, status=201, json=body)
+    assert run("--new", "hi") == 1
+    assert capsys.readouterr().err == f"chat: {URL} sent an answer that could not be read\n"
+    assert len(responses.calls) == 1
 
 
 @responses.activate
