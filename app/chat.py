@@ -74,7 +74,6 @@ def start_relay(framing: str) -> Relay:
     if conversation is not None:
         turn, chat = turns.start(db, conversation, chat, stale_after=config["UPSTREAM_TIMEOUT_S"])
         g.turn = turn
-        turn.keep_alive()
     g.model = chat.model
     llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
@@ -92,6 +91,8 @@ def start_relay(framing: str) -> Relay:
         metadata=metadata,
         on_end=turn.record if turn else None,
     )
+    if turn is not None:
+        turn.keep_alive()  # from here on, the relay stores the reply however it ends
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         relay.watch(client)

@@ -99,9 +99,7 @@ class Relay:
         finally:
             self.source.close()
         self._end("complete")
-        # The same repair the stream applies, so the two routes give the same text.
-        data, carry = utf8(reply)
-        return data.decode() + ("\ufffd" if carry else "")
+        return repaired(reply)
 
     def __iter__(self) -> Iterator[bytes]:
         self._body = self._events() if self.framing == "sse" else self._plain()
@@ -123,7 +121,7 @@ class Relay:
 
     def reply_text(self) -> str:
         """The text received so far (kept only when someone is told how the reply ended)."""
-        return "".join(self._texts_kept or ())
+        return repaired("".join(self._texts_kept or ()))
 
     def _end(self, outcome: str, reason: str | None = None) -> None:
         self.finished = True
@@ -290,6 +288,12 @@ def event(data: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(data) + b"\n\n"
     except TypeError:
         return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+
+def repaired(text: str) -> str:
+    """The text as the stream route sends it: a lone half of a surrogate pair becomes U+FFFD."""
+    data, carry = utf8(text)
+    return data.decode() + ("\ufffd" if carry else "")
 
 
 def utf8(text: str) -> tuple[bytes, str]:

@@ -11,8 +11,20 @@ from typing import Any
 
 from . import scenarios
 
-FULL = {"latency": 200, "concurrency": [200, 1000, 2000], "throughput": 5, "disconnect": 20}
-QUICK = {"latency": 50, "concurrency": [200, 1000], "throughput": 1, "disconnect": 5}
+FULL = {
+    "latency": 200,
+    "concurrency": [200, 1000, 2000],
+    "throughput": 5,
+    "disconnect": 20,
+    "turns": {"latency": 200, "concurrent": 200},
+}
+QUICK = {
+    "latency": 50,
+    "concurrency": [200, 1000],
+    "throughput": 1,
+    "disconnect": 5,
+    "turns": {"latency": 50, "concurrent": 200},
+}
 TARGETS = {
     "added_ttfb_p50_ms": ("<=", 0.5),
     "all_done_s@1000": ("<=", 1.3),
@@ -37,6 +49,9 @@ def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
             report.setdefault("throughput", []).append(scenarios.throughput(api, sizes["throughput"]))
         if "disconnect" in names:
             report.setdefault("disconnect", []).append(scenarios.disconnect(api, sizes["disconnect"]))
+        if "turns" in names:
+            report.setdefault("turns", []).append(scenarios.turn_latency(api, sizes["turns"]["latency"]))
+            report["turns"][-1].update(scenarios.turn_concurrency(api, sizes["turns"]["concurrent"]))
     return report
 
 
@@ -65,6 +80,15 @@ def show(report: dict[str, Any]) -> None:
             f"{row['deltas_per_s']:,.0f} deltas/s (direct {row['direct_deltas_per_s']:,.0f}) | "
             f"server CPU {row['server_cpu_ms_per_1000_deltas']:.2f} ms per 1000 deltas | "
             f"errors {row['errors']}"
+        )
+    for row in report.get("turns", []):
+        print(
+            f"turns        {row['api']:9} 1 client, {row['requests']} turns vs stateless (SQLite) | "
+            f"TTFB stateless p50 {row['stateless_ttfb_p50_ms']:.2f} ms, "
+            f"turn p50 {row['turn_ttfb_p50_ms']:.2f} p99 {row['turn_ttfb_p99_ms']:.2f} ms, "
+            f"added p50 {row['turn_added_ttfb_p50_ms']:.2f} ms | {row['turns']} concurrent turns "
+            f"on 2 workers: done {row['all_done_s']:.2f} s, errors {row['errors']}, "
+            f"stored complete {row['stored_complete']}, 'database is locked' {row['database_locked']}"
         )
     for row in report.get("disconnect", []):
         print(

@@ -78,12 +78,13 @@ class Upstream:
 class Service(LiveServer):
     """The service as the Procfile runs it, on the fake upstream, one gevent worker, pinned."""
 
-    def __init__(self, upstream: Upstream, api: str) -> None:
+    def __init__(self, upstream: Upstream, api: str, **settings: str) -> None:
         settings = {
             "OPENAI_API_KEY": "sk-bench",
             "OPENAI_BASE_URL": upstream.base_url,
             "OPENAI_API": api,
             "LOG_LEVEL": "WARNING",
+            **settings,
         }
         super().__init__(settings, cpus=SERVER_CPUS)
         self.request = post("/api/chat/stream", ASK)
@@ -259,3 +260,86 @@ def disconnect(api: str, trials: int) -> dict[str, Any]:
         figures[f"{case}_p50_ms"] = p(delays, 0.5)
         figures[f"{case}_max_ms"] = max(delays) * 1000.0
     return figures
+
+
+def new_conversation(service: Service) -> str:
+    request = urllib.request.Request(
+        f"{service.url}/api/conversations",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return str(json.loads(answer.read())["id"])
+
+
+def stored_replies(service: Service, conversation_id: str) -> list[dict[str, Any]]:
+    with urllib.request.urlopen(f"{service.url}/api/conversations/{conversation_id}", timeout=10) as answer:
+        return [m for m in json.loads(answer.read())["messages"] if m["role"] == "assistant"]
+
+
+def turn_latency(api: str, count: int) -> dict[str, Any]:
+    """1 client: a stateless stream, then a conversation turn (SQLite), ``count`` times; added TTFB."""
+    upstream = Upstream(deltas=20, delay=0.0)
+    service = Service(upstream, api)
+    try:
+        conversations = [new_conversation(service) for _ in range(10)]  # ~count/10 turns of history each
+        turns = [post("/api/chat/stream", {"conversation_id": c, "message": "hi"}) for c in conversations]
+
+        async def run() -> tuple[list[Result], list[Result]]:
+            stateless, turned = [], []
+            for n in range(20 + count):
+                plain = await fetch(service.port, service.request)
+                turn = await fetch(service.port, turns[n % len(turns)])
+                if n >= 20:  # after a warm-up
+                    stateless.append(plain)
+                    turned.append(turn)
+            return stateless, turned
+
+        stateless, turned = asyncio.run(run())
+        stored = [reply for c in conversations for reply in stored_replies(service, c)]
+    finally:
+        service.stop()
+        upstream.stop()
+    added = [(t.ttfb - s.ttfb) for s, t in zip(stateless, turned, strict=True)]
+    return {
+        "api": api,
+        "requests": count,
+        "errors": checked(turned, upstream.expected) + checked(stateless, upstream.expected),
+        "stateless_ttfb_p50_ms": p([r.ttfb for r in stateless], 0.5),
+        "turn_ttfb_p50_ms": p([r.ttfb for r in turned], 0.5),
+        "turn_ttfb_p99_ms": p([r.ttfb for r in turned], 0.99),
+        "turn_added_ttfb_p50_ms": statistics.median(added) * 1000.0,
+        "stored_complete": sum(1 for r in stored if r["status"] == "complete"),
+        "stored": len(stored),
+    }
+
+
+def turn_concurrency(api: str, turns: int) -> dict[str, Any]:
+    """``turns`` concurrent turns in as many conversations, 2 workers sharing one SQLite file."""
+    upstream = Upstream(deltas=50, delay=0.02)
+    service = Service(upstream, api, WEB_CONCURRENCY="2")
+    try:
+        conversations = [new_conversation(service) for _ in range(turns)]
+        requests = [post("/api/chat/stream", {"conversation_id": c, "message": "hi"}) for c in conversations]
+
+        async def run() -> tuple[list[Result], float]:
+            started = time.perf_counter()
+            results = await asyncio.gather(*(fetch(service.port, request) for request in requests))
+            return list(results), time.perf_counter() - started
+
+        results, elapsed = asyncio.run(run())
+        stored = [reply for c in conversations for reply in stored_replies(service, c)]
+        log = service.log_text()
+    finally:
+        service.stop()
+        upstream.stop()
+    complete = [r for r in stored if r["status"] == "complete" and r["content"] == upstream.expected.decode()]
+    return {
+        "api": api,
+        "turns": turns,
+        "errors": checked(results, upstream.expected),
+        "all_done_s": elapsed,
+        "stored_complete": len(complete),
+        "database_locked": log.count("database is locked"),
+    }
