@@ -51,8 +51,14 @@ def demo_page_server() -> Iterator[LiveServer]:
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 390, "height": 780})  # a phone's width
-    yield context.new_page()
+    page = context.new_page()
+    # The page's Content-Security-Policy must not have to block anything the page itself does.
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    yield page
     context.close()
+    assert problems == []
 
 
 def last_reply(page: Any) -> Any:
