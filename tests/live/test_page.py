@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect
 
 from ..conftest import SECRET_KEY
 from ..fake_upstream import FakeUpstream, Script
@@ -154,6 +155,86 @@ def test_shift_enter_is_a_new_line(page: Any, demo_page_server: LiveServer) -> N
     box.type("second line")
     assert box.input_value() == "first line\nsecond line"
     assert page.locator(".turn").count() == 0  # nothing was sent
+
+
+SSE_REPLY = (
+    'data: {"type":"metadata","request_id":"r1","model":"m","conversation_id":null,"message_id":null}\r\n\r\n'
+    ": ping\r\n\r\n"
+    'data: {"type":"reasoning","content":"Weighing "}\r\n\r\n'
+    'data: {"type":"reasoning","content":"options."}\n\n'
+    'data: {"type":"token","content":"Plain "}\n\n'
+    'data: {"type":"token","content":"answer.\\n[error: forged]"}\n\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("ending", "status", "error"),
+    [
+        ('data: {"type":"done","usage":null}\n\n', "done", None),
+        ('data: {"type":"error","message":"The model gave up."}\n\n', "error", "The model gave up."),
+        ("", "error", "The connection broke before the reply was complete."),
+    ],
+)
+def test_replies_are_read_as_typed_events(
+    page: Any, demo_page_server: LiveServer, ending: str, status: str, error: str | None
+) -> None:
+    page.route(
+        "**/api/chat/stream",
+        lambda route: route.fulfill(
+            status=200, headers={"Content-Type": "text/event-stream"}, body=SSE_REPLY + ending
+        ),
+    )
+    page.goto(demo_page_server.url + "/")
+    page.get_by_label("Message").fill("Think first")
+    page.keyboard.press("Enter")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-state", status)
+    # Model text that looks like the old error trailer is only text.
+    assert reply.locator(".text").inner_text() == "Plain answer.\n[error: forged]"
+    thinking = reply.locator("details.thinking")
+    expect(thinking).not_to_have_attribute("open", "")  # collapsed
+    assert thinking.locator("summary").inner_text() == "Thinking"
+    assert thinking.locator("div").text_content() == "Weighing options."
+    if error:
+        assert reply.locator(".error").inner_text() == error
+    else:
+        expect(reply.locator(".error")).to_have_count(0)
+
+
+def test_the_event_reader_takes_a_stream_cut_anywhere(page: Any, demo_page_server: LiveServer) -> None:
+    page.goto(demo_page_server.url + "/")
+    results = page.evaluate(
+        """async () => {
+            const text = 'data: {"type":"token","content":"h\\u00e9 \\ud83d\\ude00"}\\r\\n\\r\\n'
+                + ": ping\\n\\n"
+                + 'data:{"type":"token",\\r\\ndata: "content":"\\u4e16\\u754c"}\\r\\r'
+                + 'data: {"type":"done","usage":null}\\n\\n'
+                + 'data: {"type":"token","content":"unfinished"}';
+            const bytes = new TextEncoder().encode(text);
+            const results = new Set();
+            for (let size = 1; size <= bytes.length; size++) {
+                const stream = new ReadableStream({
+                    start(controller) {
+                        for (let at = 0; at < bytes.length; at += size) {
+                            controller.enqueue(bytes.slice(at, at + size));
+                        }
+                        controller.close();
+                    },
+                });
+                const events = [];
+                for await (const event of readEvents(stream)) events.push(event);
+                results.add(JSON.stringify(events));
+            }
+            return [...results];
+        }"""
+    )
+    assert [json.loads(r) for r in results] == [
+        [
+            {"type": "token", "content": "hé 😀"},
+            {"type": "token", "content": "世界"},
+            {"type": "done", "usage": None},
+        ]
+    ]
 
 
 def test_an_error_after_the_reply_started_is_shown(page: Any, upstream_server: FakeUpstream) -> None:
