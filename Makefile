@@ -25,15 +25,19 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check app tests wsgi.py gunicorn.conf.py
 	$(BIN)/mypy app
 
-# The browser tests drive Debian's Chromium (never a downloaded browser) and the shared rate
-# limit tests a real Redis; where they cannot be installed (not root), those tests skip and say why.
+# The browser tests drive Debian's Chromium (never a downloaded browser), the shared rate limit
+# tests a real Redis and the conversation storage tests a real PostgreSQL; where they cannot be
+# installed (not root), those tests skip and say why. PostgreSQL's programs are not on PATH but in
+# /usr/lib/postgresql/<version>/bin, so it is looked for there.
 SYSTEM_PACKAGES := chromium redis-server
 
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	[ -z "$$missing" ] || [ "$$(id -u)" != 0 ] || \
-		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } >/dev/null 2>&1 || \
-		echo "Could not install$$missing: the tests that need them will be skipped"
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } >/dev/null 2>&1 || \
+		echo "Could not install$$missing (it takes root and apt-get): the tests that need them will be skipped"
 
 test: lint system-packages
 	$(BIN)/pytest

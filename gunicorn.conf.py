@@ -1,4 +1,5 @@
-"""gunicorn hooks the Procfile's flags cannot carry: Prometheus's directory for many workers.
+"""gunicorn hooks the Procfile's flags cannot carry: the database's migrations, applied once per
+host before any worker starts, and Prometheus's directory for many workers.
 
 prometheus_client picks its storage when first imported, from PROMETHEUS_MULTIPROC_DIR,
 so the directory is set here, in the master, before any worker starts, and the library
@@ -6,12 +7,20 @@ is imported only inside the hooks.
 """
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 
 def on_starting(server):
-    """Give the workers a clean directory to write their metrics in."""
+    """Bring the database up to date, and give the workers a clean directory for their metrics."""
+    # In a process of its own: the master stays free of the app's imports, which the gevent
+    # worker must make after it has patched the standard library.
+    migrated = subprocess.run([sys.executable, "-m", "app.db"], capture_output=True, text=True)
+    if migrated.returncode:
+        sys.stderr.write(migrated.stderr)
+        sys.exit(4)  # as when the app cannot load: the master stops instead of restarting workers
     path = Path(
         os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         or Path(tempfile.gettempdir()) / f"chat-metrics-{os.getpid()}"

@@ -33,13 +33,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if not app.testing:
         observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     app.extensions["llm"] = build_llm(app.config)
+    app.extensions["db"] = open_database(app.config["DATABASE_URL"])
     observability.init_app(app)
 
-    from . import chat, errors, guards, metrics, openapi, pages
+    from . import chat, conversations, errors, guards, metrics, openapi, pages
 
     errors.register(app)
     guards.init_app(app, chat.bp)
     app.register_blueprint(chat.bp)
+    app.register_blueprint(conversations.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
@@ -50,6 +52,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.config["OPENAI_API"],
     )
     return app
+
+
+def open_database(url: str) -> Any:
+    """Sessions on DATABASE_URL, its schema brought up to date (a no-op once the master did it)."""
+    from . import db
+
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    return db.sessions(engine)
 
 
 def build_llm(config: Mapping[str, Any]) -> Any:

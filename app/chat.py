@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import turns
 from .relay import Relay
-from .validation import parse_chat, read_json
+from .validation import conversation_ref, parse_chat, read_json
 
 bp = Blueprint("chat", __name__, url_prefix="/api")
 
@@ -21,12 +23,15 @@ def chat() -> dict[str, object]:
     relay = start_relay("json")
     reply = relay.text()
     g.server_timing = f"upstream;dur={(time.perf_counter() - g.upstream_started) * 1000.0:.1f}"
-    return {
+    answer: dict[str, object] = {
         "reply": reply,
         "model": g.model,
         "usage": relay.usage.as_dict() if relay.usage else None,
         "request_id": g.request_id,
     }
+    if g.get("turn"):
+        answer.update(conversation_id=g.turn.conversation_id, message_id=g.turn.reply_id)
+    return answer
 
 
 @bp.post("/chat/stream")
@@ -35,6 +40,16 @@ def chat_stream() -> Response:
     sse = "text/event-stream" in request.headers.get("Accept", "")
     relay = start_relay("sse" if sse else "text")
     return Response(relay, mimetype="text/event-stream" if sse else "text/plain", headers=STREAM_HEADERS)
+
+
+@bp.after_request
+def name_the_turn(response: Response) -> Response:
+    """Tell a conversation's client which conversation and stored reply this is, whatever the status."""
+    turn = g.get("turn")
+    if turn is not None:
+        response.headers["X-Conversation-ID"] = turn.conversation_id
+        response.headers["X-Message-ID"] = turn.reply_id
+    return response
 
 
 def read_body() -> bytes:
@@ -47,14 +62,36 @@ def read_body() -> bytes:
 
 
 def start_relay(framing: str) -> Relay:
-    """Check the body, open the model's stream, and wait for its first delta."""
+    """Check the body, store the user's turn if in a conversation, open the model's stream,
+    and wait for its first delta."""
+    config = current_app.config
     body = read_json(read_body(), request.mimetype)
-    chat = parse_chat(body, current_app.config)
+    conversation_id = conversation_ref(body)
+    db = current_app.extensions["db"]
+    conversation = None if conversation_id is None else turns.find(db, conversation_id, g.get("owner"))
+    chat = parse_chat(body, config, conversation)
+    turn = None
+    if conversation is not None:
+        turn, chat = turns.start(db, conversation, chat, stale_after=config["UPSTREAM_TIMEOUT_S"])
+        g.turn = turn
+        turn.keep_alive()
     g.model = chat.model
     llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
-    ping_s = current_app.config["SSE_PING_S"]
-    relay = g.relay = Relay(llm.stream(chat), started=g.started, framing=framing, ping_s=ping_s)
+    metadata: dict[str, Any] = {
+        "request_id": g.request_id,
+        "model": chat.model,
+        "conversation_id": turn.conversation_id if turn else None,
+        "message_id": turn.reply_id if turn else None,
+    }
+    relay = g.relay = Relay(
+        llm.stream(chat),
+        started=g.started,
+        framing=framing,
+        ping_s=config["SSE_PING_S"],
+        metadata=metadata,
+        on_end=turn.record if turn else None,
+    )
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         relay.watch(client)

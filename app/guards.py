@@ -13,6 +13,10 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+# Key ids are derived slowly (once per key, at start-up), so that one seen in a database or a
+# log can neither be turned back into its key nor used to check guesses at a key offline.
+KEY_ID_SALT = b"ai-chat-api key id"
+KEY_ID_ROUNDS = 200_000
 
 
 def init_app(app: Flask, chat: Blueprint) -> None:
@@ -22,6 +26,7 @@ def init_app(app: Flask, chat: Blueprint) -> None:
         # The client address comes from X-Forwarded-For only as far as the trusted hops go.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["TRUSTED_PROXIES"])  # type: ignore[method-assign]
     if config["API_KEYS"]:
+        app.extensions["key_ids"] = {key.encode(): key_id(key) for key in config["API_KEYS"]}
         app.before_request(check_key)
     if config["RATE_LIMIT"]:
         storage = config["RATE_LIMIT_STORAGE_URI"]
@@ -56,12 +61,19 @@ def check_key() -> None:
     if not request.path.startswith("/api/") or request.method == "OPTIONS":
         return  # a CORS preflight carries no credentials
     given = bearer_token()
-    matched = False
-    for key in current_app.config["API_KEYS"]:
-        matched |= hmac.compare_digest(given, key.encode())  # every key, so timing tells nothing
+    matched = ""
+    for key, derived in current_app.extensions["key_ids"].items():
+        if hmac.compare_digest(given, key):  # every key is compared, so timing tells nothing
+            matched = derived
     if not given or not matched:
         raise ApiError("A valid API key is required: send 'Authorization: Bearer <key>'.", 401, UNAUTHORIZED)
-    g.client = "key:" + hashlib.sha256(given).hexdigest()[:12]  # never the key itself
+    g.owner = matched  # whose conversations these are
+    g.client = "key:" + matched[:16]  # whom rate limits count
+
+
+def key_id(key: str) -> str:
+    """The one-way id of an API key: what conversations and limits know a key by."""
+    return hashlib.pbkdf2_hmac("sha256", key.encode(), KEY_ID_SALT, KEY_ID_ROUNDS).hex()[:32]
 
 
 def bearer_token() -> bytes:

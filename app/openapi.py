@@ -7,11 +7,24 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from .conversations import CURSOR
+from .models import TITLE_CHARS
 from .validation import MAX_TOKENS, MAX_TURNS, ROLES
 
 bp = Blueprint("openapi", __name__)
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+USAGE = {
+    "oneOf": [
+        {"type": "null"},
+        {
+            "type": "object",
+            "required": ["input_tokens", "output_tokens"],
+            "properties": {"input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"}},
+        },
+    ]
+}
+CONVERSATION = {"$ref": "#/components/schemas/Conversation"}
 
 
 @bp.get("/openapi.json")
@@ -32,6 +45,7 @@ def document(config: Mapping[str, Any]) -> dict[str, Any]:
         "paths": {
             "/api/chat": {"post": chat_operation(False)},
             "/api/chat/stream": {"post": chat_operation(True)},
+            **conversation_paths(),
             "/": {
                 "get": {
                     "summary": "The chat page for browsers, a line of text for anything else",
@@ -104,6 +118,12 @@ def chat_operation(stream: bool) -> dict[str, Any]:
         }
     }
     ok["headers"] = request_id
+    if stream:
+        ok["headers"] = {
+            **request_id,
+            "X-Conversation-ID": {"description": "The conversation, in a turn", "schema": {"type": "string"}},
+            "X-Message-ID": {"description": "The stored reply, in a turn", "schema": {"type": "string"}},
+        }
     limited = error_response("Over the rate limit (ours or the model provider's); see Retry-After")
     limited["headers"] = {
         **request_id,
@@ -120,6 +140,8 @@ def chat_operation(stream: bool) -> dict[str, Any]:
             "200": ok,
             "400": error_response("The body is not valid: the sentence names the field"),
             "401": error_response("API keys are required and none valid was given"),
+            "404": error_response("No conversation with that 'conversation_id' (for this API key)"),
+            "409": error_response("A reply in that conversation is still being written"),
             "413": error_response("The body is over 1 MiB"),
             "429": limited,
             "502": error_response("The model provider refused, rejected our key, or broke"),
@@ -150,6 +172,10 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Any]:
                 "model": {"enum": [*config["ALLOWED_MODELS"], None]},
                 "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
                 "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": MAX_TOKENS},
+                "conversation_id": {
+                    "type": ["string", "null"],
+                    "description": "A stored conversation: give 'message' and leave out 'messages'",
+                },
             },
             "anyOf": [
                 {"required": ["message"], "properties": {"message": {"type": "string"}}},
@@ -162,22 +188,13 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Any]:
             "properties": {
                 "reply": {"type": "string"},
                 "model": {"type": "string"},
-                "usage": {
-                    "oneOf": [
-                        {"type": "null"},
-                        {
-                            "type": "object",
-                            "required": ["input_tokens", "output_tokens"],
-                            "properties": {
-                                "input_tokens": {"type": "integer"},
-                                "output_tokens": {"type": "integer"},
-                            },
-                        },
-                    ]
-                },
+                "usage": USAGE,
                 "request_id": {"type": "string"},
+                "conversation_id": {"type": "string", "description": "In a conversation turn"},
+                "message_id": {"type": "string", "description": "The stored reply, in a turn"},
             },
         },
+        **conversation_schemas(config),
         "Health": {
             "type": "object",
             "required": ["status", "provider", "model", "api"],
@@ -198,3 +215,144 @@ def json_of(schema: dict[str, Any]) -> dict[str, Any]:
 
 def error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": json_of(ERROR)}
+
+
+def conversation_paths() -> dict[str, Any]:
+    """Create, list, read, update and delete stored conversations."""
+    guarded: dict[str, Any] = {"security": [{}, {"bearer": []}]}
+    unknown = error_response("No conversation with that id (for this API key)")
+    bad = error_response("The body or a parameter is not valid: the sentence names it")
+    denied = error_response("API keys are required and none valid was given")
+    conversation_id = {
+        "name": "conversation_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    edit_body = {"required": True, "content": json_of({"$ref": "#/components/schemas/ConversationFields"})}
+    return {
+        "/api/conversations": {
+            "post": {
+                **guarded,
+                "summary": "Start a conversation",
+                "requestBody": edit_body,
+                "responses": {
+                    "201": {
+                        "description": "Created",
+                        "headers": {"Location": {"schema": {"type": "string"}}},
+                        "content": json_of(CONVERSATION),
+                    },
+                    "400": bad,
+                    "401": denied,
+                    "413": error_response("The body is over 1 MiB"),
+                },
+            },
+            "get": {
+                **guarded,
+                "summary": "Conversations, most recently active first",
+                "parameters": [
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+                    },
+                    {
+                        "name": "before",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": f"^{CURSOR.pattern}$"},
+                        "description": "The 'next' value of the page before",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "A page; 'next' fetches the following one",
+                        "content": json_of({"$ref": "#/components/schemas/ConversationPage"}),
+                    },
+                    "400": bad,
+                    "401": denied,
+                },
+            },
+        },
+        "/api/conversations/{conversation_id}": {
+            "parameters": [conversation_id],
+            "get": {
+                **guarded,
+                "summary": "A conversation and its messages, oldest first",
+                "responses": {
+                    "200": {
+                        "description": "The conversation",
+                        "content": json_of({"$ref": "#/components/schemas/ConversationWithMessages"}),
+                    },
+                    "401": denied,
+                    "404": unknown,
+                },
+            },
+            "patch": {
+                **guarded,
+                "summary": "Change a conversation's title, instructions or model",
+                "requestBody": edit_body,
+                "responses": {
+                    "200": {"description": "The conversation", "content": json_of(CONVERSATION)},
+                    "400": bad,
+                    "401": denied,
+                    "404": unknown,
+                    "413": error_response("The body is over 1 MiB"),
+                },
+            },
+            "delete": {
+                **guarded,
+                "summary": "Delete a conversation and its messages",
+                "responses": {"204": {"description": "Deleted"}, "401": denied, "404": unknown},
+            },
+        },
+    }
+
+
+def conversation_schemas(config: Mapping[str, Any]) -> dict[str, Any]:
+    nullable_text = {"type": ["string", "null"]}
+    conversation: dict[str, Any] = {
+        "type": "object",
+        "required": ["id", "title", "instructions", "model", "created_at", "updated_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "title": nullable_text,
+            "instructions": nullable_text,
+            "model": nullable_text,
+            "created_at": {"type": "string", "format": "date-time"},
+            "updated_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    message = {
+        "type": "object",
+        "required": ["id", "role", "content", "status", "model", "usage", "created_at"],
+        "properties": {
+            "id": {"type": "string"},
+            "role": {"enum": ["user", "assistant"]},
+            "content": {"type": "string"},
+            "status": {"enum": ["complete", "streaming", "stopped", "error", "interrupted"]},
+            "model": nullable_text,
+            "usage": USAGE,
+            "created_at": {"type": "string", "format": "date-time"},
+        },
+    }
+    return {
+        "Conversation": conversation,
+        "ConversationWithMessages": {
+            **conversation,
+            "required": [*conversation["required"], "messages"],
+            "properties": {**conversation["properties"], "messages": {"type": "array", "items": message}},
+        },
+        "ConversationPage": {
+            "type": "object",
+            "required": ["conversations", "next"],
+            "properties": {"conversations": {"type": "array", "items": CONVERSATION}, "next": nullable_text},
+        },
+        "ConversationFields": {
+            "type": "object",
+            "properties": {
+                "title": {"type": ["string", "null"], "maxLength": TITLE_CHARS},
+                "instructions": nullable_text,
+                "model": {"enum": [*config["ALLOWED_MODELS"], None]},
+            },
+        },
+    }

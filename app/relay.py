@@ -13,7 +13,7 @@ import queue
 import select
 import socket
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -39,7 +39,15 @@ class Source(Iterable[Delta], Protocol):
 class Relay:
     """One reply in flight: pulls deltas, hands out text, and keeps the figures for the log."""
 
-    def __init__(self, source: Source, started: float, framing: str = "text", ping_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        source: Source,
+        started: float,
+        framing: str = "text",
+        ping_s: float = 15.0,
+        metadata: dict[str, Any] | None = None,
+        on_end: Callable[[Relay], None] | None = None,
+    ) -> None:
         self.source = source
         self.framing = framing  # "text" or "sse" for the stream route, "json" for /api/chat
         self.ping_s = ping_s
@@ -53,6 +61,10 @@ class Relay:
         self.reason: str | None = None
         self.finished = False
         self.client_gone = False
+        self.metadata = metadata or {}  # SSE: the first event's fields (request id, model, ids)
+        # Told once how the reply ended; only then is the reply's text kept, to be stored.
+        self.on_end = on_end
+        self._texts_kept: list[str] | None = [] if on_end else None
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
         self._pumping = False
@@ -107,12 +119,28 @@ class Relay:
                 self._cancel()
         else:
             self.source.close()
+        self._report()  # a departure, if nothing ended the reply before
+
+    def reply_text(self) -> str:
+        """The text received so far (kept only when someone is told how the reply ended)."""
+        return "".join(self._texts_kept or ())
 
     def _end(self, outcome: str, reason: str | None = None) -> None:
         self.finished = True
         if self.client_gone:
             outcome, reason = "disconnected", None
         self.outcome, self.reason = outcome, reason
+        self._report()
+
+    def _report(self) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is None:
+            return
+        try:
+            on_end(self)
+        except Exception:
+            # The reply itself still reaches the client; the operator must hear of the loss.
+            log.exception("could not store how a reply ended")
 
     def _watch(self, client: socket.socket) -> None:
         # poll, not select: select() cannot take descriptors past 1023, which a busy worker has.
@@ -169,6 +197,8 @@ class Relay:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
         self.chunks += 1
         self.chars += len(text)
+        if self._texts_kept is not None:
+            self._texts_kept.append(text)
 
     def _plain(self) -> Generator[bytes]:
         carry = ""
@@ -195,6 +225,7 @@ class Relay:
         _thread.start_new_thread(self._pump, (items,))
         item: Delta | BaseException | None = self._first
         try:
+            yield event({"type": "metadata", **self.metadata})
             while True:
                 if type(item) is str:
                     self._count(item)
@@ -204,8 +235,8 @@ class Relay:
                 elif item is not PING:
                     self.usage = item if isinstance(item, Usage) else None
                     usage = self.usage.as_dict() if self.usage else None
+                    self._end("complete")  # stored before the client hears that it is done
                     yield event({"type": "done", "usage": usage})
-                    self._end("complete")
                     return
                 else:
                     yield b": ping\n\n"

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from limits import parse_many
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 DEFAULTS: dict[str, str] = {
     "OPENAI_API_KEY": "",
@@ -30,6 +32,7 @@ DEFAULTS: dict[str, str] = {
     "CORS_ORIGINS": "",
     "TRUSTED_PROXIES": "0",
     "METRICS_TOKEN": "",
+    "DATABASE_URL": "sqlite:///instance/chat.db",
     "PROMETHEUS_MULTIPROC_DIR": "",  # set by gunicorn.conf.py when several workers share metrics
 }
 
@@ -68,6 +71,7 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
         "CORS_ORIGINS": _list(raw["CORS_ORIGINS"]),
         "TRUSTED_PROXIES": _number(raw, "TRUSTED_PROXIES", int, 0, 10),
         "METRICS_TOKEN": raw["METRICS_TOKEN"] or None,
+        "DATABASE_URL": _database_url(raw, "DATABASE_URL"),
         "PROMETHEUS_MULTIPROC_DIR": raw["PROMETHEUS_MULTIPROC_DIR"] or None,
     }
     config["PROVIDER"] = resolve_provider(config)
@@ -163,3 +167,31 @@ def _models(value: str, default_model: str) -> tuple[str, ...]:
     if default_model not in names:
         names.insert(0, default_model)
     return tuple(dict.fromkeys(names))
+
+
+def _database_url(raw: Mapping[str, str], name: str) -> str:
+    """SQLite or Postgres; ``postgres://`` and ``postgresql://`` (as hosts hand them out) mean psycopg 3."""
+    value = raw[name] or DEFAULTS[name]
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        url = None
+    if url is not None and url.drivername in ("postgres", "postgresql"):
+        url = url.set(drivername="postgresql+psycopg")
+    sqlite = url is not None and url.drivername in ("sqlite", "sqlite+pysqlite")
+    if sqlite and url is not None and url.database in (None, "", ":memory:"):
+        url = None  # in memory, each connection would see a database of its own
+    if url is None or not (sqlite or url.drivername == "postgresql+psycopg"):
+        shown = _without_password(value)
+        raise SettingsError(
+            f"{name} must be a sqlite:/// path or a postgresql+psycopg:// URL; got {shown!r}."
+        )
+    return url.render_as_string(hide_password=False)
+
+
+def _without_password(value: str) -> str:
+    scheme, sep, rest = value.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return value
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}"

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
+from .models import TITLE_CHARS
+
+if TYPE_CHECKING:
+    from .models import Conversation
 
 ROLES = ("user", "assistant", "system")
 MAX_TURNS = 200
 MAX_TOKENS = 32768
+CONVERSATION_FIELDS = ("title", "instructions", "model")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,23 +41,59 @@ def read_json(data: bytes, mimetype: str) -> Any:
         raise ApiError("The request body is not valid JSON.") from None
 
 
-def parse_chat(body: Any, config: Mapping[str, Any]) -> ChatRequest:
-    """Check a decoded body against the request rules and build a ChatRequest."""
+def parse_chat(body: Any, config: Mapping[str, Any], conversation: Conversation | None = None) -> ChatRequest:
+    """Check a decoded body against the request rules and build a ChatRequest.
+
+    In a stored ``conversation`` the body brings only the new message; the conversation's
+    instructions and model are the defaults (its history is added when the turn starts).
+    """
     if not isinstance(body, dict):
         raise ApiError("The request body must be a JSON object.")
+    if conversation is not None and body.get("messages") is not None:
+        raise ApiError("Leave out 'messages' when giving 'conversation_id': the server keeps the history.")
+    if conversation is not None and body.get("message") is None:
+        raise ApiError("Give a 'message' (a non-blank string) to add to the conversation.")
     turns = _turns(body.get("messages"))
     message = body.get("message")
     if message is not None:
         turns.append({"role": "user", "content": _message(message, config["MAX_MESSAGE_CHARS"])})
     if not turns:
         raise ApiError("Give a 'message' (a non-blank string) or a non-empty 'messages' list.")
+    instructions = _instructions(body.get("instructions"))
+    model = body.get("model")
+    if conversation is not None:
+        instructions = instructions or conversation.instructions
+        if model is None and conversation.model in config["ALLOWED_MODELS"]:
+            model = conversation.model  # a model no longer offered falls back to the default
     return ChatRequest(
         messages=tuple(turns),
-        model=_model(body.get("model"), config),
-        instructions=_instructions(body.get("instructions")),
+        model=_model(model, config),
+        instructions=instructions,
         temperature=_temperature(body.get("temperature")),
         max_tokens=_max_tokens(body.get("max_tokens")),
     )
+
+
+def conversation_ref(body: Any) -> str | None:
+    """The ``conversation_id`` a chat body names, if any (a string; whether it exists is checked later)."""
+    value = body.get("conversation_id") if isinstance(body, dict) else None
+    if value is not None and not isinstance(value, str):
+        raise ApiError("'conversation_id' must be a string: the id of a stored conversation.")
+    return value
+
+
+def parse_conversation(body: Any, config: Mapping[str, Any]) -> dict[str, str | None]:
+    """The fields a conversation is created or updated with: those the body names, checked."""
+    if not isinstance(body, dict):
+        raise ApiError("The request body must be a JSON object.")
+    fields: dict[str, str | None] = {}
+    if "title" in body:
+        fields["title"] = _title(body["title"])
+    if "instructions" in body:
+        fields["instructions"] = _instructions(body["instructions"])
+    if "model" in body:
+        fields["model"] = None if body["model"] is None else _model(body["model"], config)
+    return fields
 
 
 def _reject_constant(name: str) -> Any:
@@ -113,6 +154,17 @@ def _instructions(value: Any) -> str | None:
     if not isinstance(value, str):
         raise ApiError("'instructions' must be a string.")
     return _text(value, "instructions") if value.strip() else None
+
+
+def _title(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ApiError("'title' must be a string.")
+    title = " ".join(_text(value, "title").split())  # one line, whatever was pasted
+    if len(title) > TITLE_CHARS:
+        raise ApiError(f"'title' is {len(title)} characters long; the limit is {TITLE_CHARS}.")
+    return title or None
 
 
 def _temperature(value: Any) -> float | None:

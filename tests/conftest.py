@@ -1,8 +1,9 @@
-"""Fixtures: the app on the demo model, a fake OpenAI-compatible upstream, a scripted model."""
+"""Fixtures: the app on the demo model, a fake OpenAI-compatible upstream, a scripted model, Postgres."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
 from flask import Flask
@@ -11,11 +12,21 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.errors import UpstreamError
 from app.llm import Delta, Usage
+from app.settings import DEFAULTS
 from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script
+from .postgres import PostgresServer, PostgresUnavailable
 
 SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
+
+
+@pytest.fixture(autouse=True)
+def database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test's own SQLite database: the default for every app it builds."""
+    url = f"sqlite:///{tmp_path}/chat.db"
+    monkeypatch.setitem(DEFAULTS, "DATABASE_URL", url)
+    return url
 
 
 @pytest.fixture
@@ -106,3 +117,22 @@ def fake_llm(app: Flask) -> FakeLLM:
     llm = FakeLLM()
     app.extensions["llm"] = llm
     return llm
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the whole session, or a skip that says why there is none."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        pytest.skip(str(error))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The SQLAlchemy URL of a new, empty database of its own, dropped after the test."""
+    url = postgres_server.new_database()
+    yield url
+    postgres_server.drop_database(url)

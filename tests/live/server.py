@@ -42,7 +42,9 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         # Settings come only from the test (never from the developer's shell); .env fills the rest.
         env = {k: v for k, v in os.environ.items() if k not in DEFAULTS}
-        env.update({"PORT": str(self.port), "WEB_CONCURRENCY": "1", **settings})
+        self.folder = tempfile.TemporaryDirectory(prefix="live-server-")
+        database = f"sqlite:///{self.folder.name}/chat.db"  # never the checkout's instance/ folder
+        env.update({"PORT": str(self.port), "WEB_CONCURRENCY": "1", "DATABASE_URL": database, **settings})
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.log = tempfile.NamedTemporaryFile(prefix="live-server-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -107,3 +109,4 @@ class LiveServer:
                 self.process.wait()
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
+        self.folder.cleanup()

@@ -42,4 +42,9 @@ def test_every_response_matches_the_document(contract_server: LiveServer) -> Non
         "POST /api/chat/stream",
         "GET /healthz",
         "GET /metrics",
+        "POST /api/conversations",
+        "GET /api/conversations",
+        "GET /api/conversations/{conversation_id}",
+        "PATCH /api/conversations/{conversation_id}",
+        "DELETE /api/conversations/{conversation_id}",
     }
