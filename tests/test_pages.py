@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from app import create_app
 
@@ -23,6 +26,46 @@ def test_a_browser_gets_the_chat_page(client: FlaskClient) -> None:
     for part in ('<label class="visually-hidden" for="message">Message</label>', 'id="send"', 'id="stop"'):
         assert part in page
     assert "http://" not in page and "https://" not in page  # nothing loaded from another host
+
+
+def policy_of(response: TestResponse) -> dict[str, str]:
+    """The Content-Security-Policy header as {directive: its sources}."""
+    header = response.headers["Content-Security-Policy"]
+    return dict(part.strip().split(" ", 1) for part in header.split(";"))
+
+
+def test_the_page_allows_only_its_own_script_and_style(client: FlaskClient) -> None:
+    response = client.get("/", headers={"Accept": BROWSER})
+    policy = policy_of(response)
+    nonce = re.fullmatch(r"'nonce-([A-Za-z0-9_-]{22,})'", policy["script-src"])
+    assert nonce, policy
+    assert policy == {
+        "default-src": "'none'",
+        "script-src": f"'nonce-{nonce[1]}'",
+        "style-src": f"'nonce-{nonce[1]}'",
+        "connect-src": "'self'",
+        "img-src": "data:",
+        "base-uri": "'none'",
+        "form-action": "'none'",
+        "frame-ancestors": "'none'",
+    }
+    page = response.get_data(as_text=True)
+    assert re.findall(r"<(script|style)\b([^>]*)>", page) == [
+        ("style", f' nonce="{nonce[1]}"'),
+        ("script", f' nonce="{nonce[1]}"'),
+    ]
+    # The policy blocks inline handlers and style attributes: the page must not need them.
+    markup = re.sub(r"<script\b.*?</script>", "", page, flags=re.DOTALL)
+    assert not re.search(r"<[^>]*\s(on[a-z]+|style)\s*=", markup, re.IGNORECASE)
+
+
+def test_each_page_gets_its_own_nonce(client: FlaskClient) -> None:
+    nonces = {policy_of(client.get("/", headers={"Accept": BROWSER}))["script-src"] for _ in range(2)}
+    assert len(nonces) == 2
+
+
+def test_the_plain_line_has_no_page_policy(client: FlaskClient) -> None:
+    assert "Content-Security-Policy" not in client.get("/").headers
 
 
 @pytest.mark.parametrize(
