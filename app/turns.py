@@ -13,14 +13,14 @@ import logging
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .errors import ApiError
-from .models import Conversation, Message, utcnow
+from .models import Conversation, Message, new_id, utcnow
 from .validation import MAX_TURNS, ChatRequest
 
 if TYPE_CHECKING:
@@ -74,7 +74,8 @@ class Turn:
         now = utcnow()
         usage = relay.usage
         with self.db.begin() as session:
-            session.execute(
+            sql = session.connection()
+            sql.execute(
                 update(Message)
                 .where(Message.id == self.reply_id)
                 .values(
@@ -85,7 +86,7 @@ class Turn:
                     updated_at=now,
                 )
             )
-            session.execute(
+            sql.execute(
                 update(Conversation).where(Conversation.id == self.conversation_id).values(updated_at=now)
             )
 
@@ -112,37 +113,63 @@ def start(
     """Store the user's message and an empty reply being written; the turn, and the chat with history.
 
     One transaction, the conversation locked: two turns at once cannot both start (409).
+    Plain statements rather than the ORM's unit of work: this is on every turn's way to its
+    first byte.
     """
     message = chat.messages[-1]["content"]
     now = utcnow()
+    user = message_row(conversation.id, "user", "complete", now, content=message)
+    reply = message_row(conversation.id, "assistant", "streaming", now, model=chat.model)
     with db.begin() as session:
-        locked = session.scalars(
-            select(Conversation).where(Conversation.id == conversation.id).with_for_update()
-        ).first()
-        if locked is None:
+        sql = session.connection()  # Core statements: no unit of work to run
+        # The conversation, locked, with the beat of any reply still marked as being written.
+        found = sql.execute(
+            select(Conversation.title, Message.updated_at)
+            .outerjoin(
+                Message, (Message.conversation_id == Conversation.id) & (Message.status == "streaming")
+            )
+            .where(Conversation.id == conversation.id)
+            .with_for_update()
+        ).all()
+        if not found:
             raise not_found()  # deleted since it was looked up
-        for reply in session.scalars(
-            select(Message).where(Message.conversation_id == locked.id, Message.status == "streaming")
-        ):
-            if not is_stale(reply, now, timedelta(seconds=stale_after)):
-                raise Busy("A reply in this conversation is still being written; wait for it to finish.")
-            reply.status = "interrupted"
-        history = load_history(session, locked.id)
-        reply = Message(conversation_id=locked.id, role="assistant", status="streaming", model=chat.model)
-        session.add_all(
-            [Message(conversation_id=locked.id, role="user", content=message, status="complete"), reply]
-        )
-        if not locked.title:
-            locked.title = title_from(message)
-        locked.updated_at = now
-        session.flush()  # the reply's id
-        turn = Turn(db, locked.id, reply.id, beat_s=stale_after / 3)
+        beats = [beat for _, beat in found if beat is not None]
+        if any(beat >= now - timedelta(seconds=stale_after) for beat in beats):
+            raise Busy("A reply in this conversation is still being written; wait for it to finish.")
+        if beats:  # their workers died
+            sql.execute(
+                update(Message)
+                .where(Message.conversation_id == conversation.id, Message.status == "streaming")
+                .values(status="interrupted")
+            )
+        history = load_history(sql, conversation.id)
+        sql.execute(insert(Message), [user, reply])
+        changes: dict[str, Any] = {"updated_at": now}
+        if not found[0].title:
+            changes["title"] = title_from(message)
+        sql.execute(update(Conversation).where(Conversation.id == conversation.id).values(**changes))
+    turn = Turn(db, conversation.id, reply["id"], beat_s=stale_after / 3)
     return turn, dataclasses.replace(chat, messages=(*history, *chat.messages))
 
 
-def load_history(session: Session, conversation_id: str) -> Sequence[dict[str, str]]:
+def message_row(conversation_id: str, role: str, status: str, now: datetime, **values: Any) -> dict[str, Any]:
+    """A new message's columns, its id made here."""
+    return {
+        "id": new_id(),
+        "conversation_id": conversation_id,
+        "role": role,
+        "status": status,
+        "content": "",
+        "model": None,
+        "created_at": now,
+        "updated_at": now,
+        **values,
+    }
+
+
+def load_history(sql: Connection, conversation_id: str) -> Sequence[dict[str, str]]:
     """The stored turns the model is shown, oldest first: the newest MAX_TURNS, none without text."""
-    rows = session.execute(
+    rows = sql.execute(
         select(Message.role, Message.content)
         .where(Message.conversation_id == conversation_id, Message.content != "")
         .order_by(Message.seq.desc())
