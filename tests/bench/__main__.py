@@ -17,6 +17,7 @@ FULL = {
     "throughput": 5,
     "disconnect": 20,
     "turns": {"latency": 200, "concurrent": 200},
+    "fairness": {"paced": 200, "bursts": 20},
 }
 QUICK = {
     "latency": 50,
@@ -24,12 +25,14 @@ QUICK = {
     "throughput": 1,
     "disconnect": 5,
     "turns": {"latency": 50, "concurrent": 200},
+    "fairness": {"paced": 200, "bursts": 20},
 }
 TARGETS = {
     "added_ttfb_p50_ms": ("<=", 0.5),
     "all_done_s@1000": ("<=", 1.3),
     "ttfb_p99_ms@1000": ("<", 100.0),
     "server_cpu_ms_per_1000_deltas": ("<=", 6.0),
+    "server_cpu_ms_per_1000_paced_deltas@1000": ("<=", 60.0),
     "rss_per_stream_kb": ("<=", 64.0),
     "silent_max_ms": ("<=", 5.0),
     "streaming_max_ms": ("<=", 5.0),
@@ -45,6 +48,8 @@ def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
             for index, streams in enumerate(sizes["concurrency"]):
                 row = scenarios.concurrency(api, streams, direct_too=index == 1)
                 report.setdefault("concurrency", []).append(row)
+        if "fairness" in names:
+            report.setdefault("fairness", []).append(scenarios.fairness(api, **sizes["fairness"]))
         if "throughput" in names:
             report.setdefault("throughput", []).append(scenarios.throughput(api, sizes["throughput"]))
         if "disconnect" in names:
@@ -72,8 +77,24 @@ def show(report: dict[str, Any]) -> None:
             f"concurrency  {row['api']:9} {row['streams']:5} streams x 50 deltas 20 ms apart | "
             f"all done {row['all_done_s']:.2f} s{direct} | TTFB p50 {row['ttfb_p50_ms'] or 0:.1f} "
             f"p99 {row['ttfb_p99_ms'] or 0:.1f} ms | RSS {row['rss_per_stream_kb']:.1f} KB/stream | "
-            f"errors {row['errors']}"
+            f"server CPU {row['server_cpu_ms_per_1000_paced_deltas']:.1f} ms per 1000 paced deltas "
+            f"(opens included)"
+            + (
+                f", {row['server_cpu_ms_per_open']:.2f} ms per open"
+                if "server_cpu_ms_per_open" in row
+                else ""
+            )
+            + f" | errors {row['errors']}"
         )
+    for row in report.get("fairness", []):
+        for case in ("alone", "beside_bursts"):
+            figures = row[case]
+            print(
+                f"fairness     {row['api']:9} {row['paced']} paced streams {case.replace('_', ' '):13} | "
+                f"TTFB p99 {figures['ttfb_p99_ms'] or 0:.1f} ms, gap p99 {figures['gap_p99_ms'] or 0:.1f} "
+                f"max {figures['gap_max_ms'] or 0:.1f} ms | errors {figures['errors']}, "
+                f"burst errors {figures['burst_errors']}"
+            )
     for row in report.get("throughput", []):
         print(
             f"throughput   {row['api']:9} 8 streams x 2000 unpaced deltas | "

@@ -20,6 +20,7 @@ class Result:
     total: float = 0.0
     body: bytes = b""
     error: str | None = None
+    arrivals: list[float] = field(default_factory=list)  # when body bytes came (seconds from the send)
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Reader(asyncio.Protocol):
     request: bytes
     done: asyncio.Future[Result]
     first_marker: bytes | None = None  # where the first body chunk is not yet a delta (direct SSE)
+    pause: float = 0.0  # a slow reader: after each read, this long before the next
     raw: bytearray = field(default_factory=bytearray)
     started: float = 0.0
     head_end: int = -1
@@ -57,6 +59,10 @@ class Reader(asyncio.Protocol):
                 return
         if not self.result.ttfb and (self.first_marker is None or self.first_marker in data):
             self.result.ttfb = now - self.started
+        self.result.arrivals.append(now - self.started)
+        if self.pause and self.transport is not None:
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_later(self.pause, self.resume)
         if self.length is not None:
             ended = len(self.raw) - self.head_end - 4 >= self.length
         else:
@@ -64,6 +70,10 @@ class Reader(asyncio.Protocol):
         if ended:
             self.result.total = now - self.started
             self.finish()
+
+    def resume(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -105,13 +115,15 @@ def post(path: str, payload: dict[str, Any]) -> bytes:
 
 
 async def fetch(
-    port: int, request: bytes, first_marker: bytes | None = None, timeout: float = 60.0
+    port: int, request: bytes, first_marker: bytes | None = None, timeout: float = 60.0, pause: float = 0.0
 ) -> Result:
-    """Send one request and wait for its whole answer."""
+    """Send one request and wait for its whole answer (read slowly with a ``pause`` after each read)."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Result] = loop.create_future()
     try:
-        await loop.create_connection(lambda: Reader(request, done, first_marker), "127.0.0.1", port)
+        await loop.create_connection(
+            lambda: Reader(request, done, first_marker, pause=pause), "127.0.0.1", port
+        )
         return await asyncio.wait_for(done, timeout)
     except (OSError, TimeoutError) as error:
         return Result(error=type(error).__name__)

@@ -39,7 +39,7 @@ def pinning() -> str:
 class Upstream:
     """The fast fake upstream in a process of its own."""
 
-    def __init__(self, deltas: int, delay: float) -> None:
+    def __init__(self, deltas: int, delay: float, burst_deltas: int = 0) -> None:
         self.deltas = deltas
         self.process = subprocess.Popen(
             [
@@ -51,6 +51,7 @@ class Upstream:
                 str(deltas),
                 "--delay",
                 str(delay),
+                *("--burst-deltas", str(burst_deltas)),
             ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -61,6 +62,7 @@ class Upstream:
         self.base_url = self.process.stdout.readline().strip()
         self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
         self.expected = "".join(f" tok{i}" for i in range(deltas)).encode()
+        self.expected_burst = "".join(f" tok{i}" for i in range(burst_deltas)).encode()
 
     def stats(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_stats", timeout=5) as answer:
@@ -182,12 +184,17 @@ def concurrency(api: str, streams: int, direct_too: bool) -> dict[str, Any]:
             figures["direct_all_done_s"] = elapsed
         asyncio.run(fetch_many(service.port, service.request, 20))  # warm up
         base_kb = service.rss_kb()
+        cpu_before = service.cpu_ns()
         results, elapsed, peak_kb = asyncio.run(run(service.port, service.request, None))
+        cpu_ms = (service.cpu_ns() - cpu_before) / 1e6
     finally:
         service.stop()
         upstream.stop()
     ok = [r for r in results if not r.error and r.status == 200]
+    if direct_too:
+        figures["server_cpu_ms_per_open"] = open_cost(api, streams)
     figures.update(
+        server_cpu_ms_per_1000_paced_deltas=cpu_ms / (streams * upstream.deltas) * 1000,
         errors=checked(results, upstream.expected),
         all_done_s=elapsed,
         ttfb_p50_ms=p([r.ttfb for r in ok], 0.5) if ok else None,
@@ -195,6 +202,57 @@ def concurrency(api: str, streams: int, direct_too: bool) -> dict[str, Any]:
         rss_base_mb=base_kb / 1024,
         rss_per_stream_kb=(peak_kb - base_kb) / streams,
     )
+    return figures
+
+
+def open_cost(api: str, streams: int) -> float:
+    """Worker CPU per stream of a single delta, ``streams`` at once: what opening a stream costs."""
+    upstream = Upstream(deltas=1, delay=0.02)
+    service = Service(upstream, api)
+    try:
+        asyncio.run(fetch_many(service.port, service.request, 20))  # warm up
+        cpu_before = service.cpu_ns()
+        asyncio.run(fetch_many(service.port, service.request, streams))
+        return (service.cpu_ns() - cpu_before) / 1e6 / streams
+    finally:
+        service.stop()
+        upstream.stop()
+
+
+def fairness(api: str, paced: int, bursts: int) -> dict[str, Any]:
+    """``paced`` streams (50 deltas 20 ms apart) alone, then beside ``bursts`` unpaced 20,000-delta
+    replies read slowly, with UPSTREAM_TIMEOUT_S=2: do the bursts hold the paced streams up?"""
+    upstream = Upstream(deltas=50, delay=0.02, burst_deltas=20_000)
+    service = Service(upstream, api, ALLOWED_MODELS="gpt-4o-mini,burst", UPSTREAM_TIMEOUT_S="2")
+    burst_request = post("/api/chat/stream", {"message": "hi", "model": "burst"})
+    figures: dict[str, Any] = {"api": api, "paced": paced, "bursts": bursts}
+    try:
+
+        async def run(burst_count: int) -> tuple[list[Result], list[Result]]:
+            loads = [
+                asyncio.ensure_future(fetch(service.port, burst_request, pause=0.01))
+                for _ in range(burst_count)
+            ]
+            if loads:
+                await asyncio.sleep(0.3)  # the bursts are under way
+            results = await fetch_many(service.port, service.request, paced)
+            return results, list(await asyncio.gather(*loads))
+
+        asyncio.run(fetch_many(service.port, service.request, 20))  # warm up
+        for case, burst_count in (("alone", 0), ("beside_bursts", bursts)):
+            results, burst_results = asyncio.run(run(burst_count))
+            ok = [r for r in results if not r.error and r.status == 200]
+            gaps = [b - a for r in ok for a, b in zip(r.arrivals, r.arrivals[1:], strict=False)]
+            figures[case] = {
+                "errors": checked(results, upstream.expected),
+                "burst_errors": checked(burst_results, upstream.expected_burst),
+                "ttfb_p99_ms": p([r.ttfb for r in ok], 0.99) if ok else None,
+                "gap_p99_ms": p(gaps, 0.99) if gaps else None,
+                "gap_max_ms": max(gaps) * 1000 if gaps else None,
+            }
+    finally:
+        service.stop()
+        upstream.stop()
     return figures
 
 

@@ -4,7 +4,9 @@ Every reply's bytes are rendered once, up front, as HTTP chunks in the real wire
 (the test fake's renderers); a stream is then only ``transport.write`` calls. Paced
 streams are driven by one 1 ms ticker rather than a timer each, so thousands of streams
 cost the fake little. ``GET /_stats`` reports open streams and when early closes arrived
-(``time.monotonic()``, which is one clock for every process on the machine).
+(``time.monotonic()``, which is one clock for every process on the machine). A request
+naming the model ``burst`` gets ``--burst-deltas`` deltas all at once (a model or cache that
+streams as fast as the network allows), whatever the pacing of the others.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ _USAGE = {"stream_options": {"include_usage": True}}
 class Fake:
     """Shared state: the rendered replies, the pacing wheel, and what was seen."""
 
-    def __init__(self, deltas: int, delay: float) -> None:
+    def __init__(self, deltas: int, delay: float, burst_deltas: int = 0) -> None:
         words = [f" tok{i}" for i in range(deltas)]
         self.frames = {api: render(api, words) for api in ("chat", "responses")}
+        burst = [f" tok{i}" for i in range(burst_deltas)]
+        self.bursts = {api: b"".join(render(api, burst)) for api in ("chat", "responses")}
         self.delay_ticks = round(delay / TICK_S)
         self.wheel: defaultdict[int, list[Stream]] = defaultdict(list)
         self.started = time.monotonic()
@@ -89,10 +93,11 @@ class Stream(asyncio.Protocol):
         length = next((int(line[15:]) for line in lines if line.startswith(b"content-length:")), 0)
         if len(self.buffer) < end + 4 + length:
             return
+        body = self.buffer[end + 4 : end + 4 + length]
         self.buffer = self.buffer[end + 4 + length :]
-        self.respond(lines[0].split(b" ", 2)[1])
+        self.respond(lines[0].split(b" ", 2)[1], b'"burst"' in body)
 
-    def respond(self, path: bytes) -> None:
+    def respond(self, path: bytes, burst: bool = False) -> None:
         assert self.transport is not None
         if path.startswith(b"/_stats"):
             fake = self.fake
@@ -104,9 +109,13 @@ class Stream(asyncio.Protocol):
             if path.startswith(b"/_stats/reset"):
                 fake.early_closes.clear()
             return
-        self.frames = self.fake.frames["responses" if path.endswith(b"/responses") else "chat"]
-        self.fake.open += 1
+        api = "responses" if path.endswith(b"/responses") else "chat"
         self.fake.streams += 1
+        if burst:
+            self.transport.write(self.fake.bursts[api])
+            return
+        self.frames = self.fake.frames[api]
+        self.fake.open += 1
         if not self.fake.delay_ticks:
             self.transport.write(b"".join(self.frames))
             self.fake.open -= 1
@@ -137,8 +146,8 @@ class Stream(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(port: int, deltas: int, delay: float) -> None:
-    fake = Fake(deltas, delay)
+async def serve(port: int, deltas: int, delay: float, burst_deltas: int) -> None:
+    fake = Fake(deltas, delay, burst_deltas)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: Stream(fake), "127.0.0.1", port, backlog=8192)
     print(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", flush=True)
@@ -150,8 +159,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--deltas", type=int, default=50)
     parser.add_argument("--delay", type=float, default=0.02, help="seconds between deltas (0: all at once)")
+    parser.add_argument("--burst-deltas", type=int, default=0, help="deltas of the 'burst' model's replies")
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.deltas, args.delay))
+    asyncio.run(serve(args.port, args.deltas, args.delay, args.burst_deltas))
 
 
 if __name__ == "__main__":
