@@ -67,9 +67,9 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:
-        # One line without the traceback at ERROR: exception text can hold request data.
-        log.error("unhandled %s while serving the request", type(error).__name__)
-        log.debug("unhandled error", exc_info=error)
+        # A bug: once, with its traceback, so an operator can act on it. Upstream errors never
+        # get here (they are mapped at the llm boundary), so no provider text is in it.
+        log.error("unhandled %s while serving the request", type(error).__name__, exc_info=error)
         g.error_reason = "internal"
         return error_response(500, "The server hit an unexpected error; it has been logged.")
 

@@ -36,6 +36,8 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         else:
             entry["message"] = record.getMessage()
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)  # in the line: one line per record
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 

@@ -185,8 +185,8 @@ class Relay:
         if isinstance(error, UpstreamError):
             self._end("error", error.reason)
             return None if self.client_gone else error.message
-        # A bug: said in-band and logged as one line, never as a traceback.
-        log.error("unhandled %s while streaming a reply", type(error).__name__)
+        # A bug: said in-band, and logged once with its traceback.
+        log.error("unhandled %s while streaming a reply", type(error).__name__, exc_info=error)
         self._end("error", "internal")
         return INTERNAL_ERROR
 

@@ -128,23 +128,32 @@ def test_a_client_gone_before_the_body_started_still_closes_the_upstream(
     assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
 
 
-def test_an_unexpected_error_mid_stream_is_reported_in_band(client: FlaskClient, fake_llm: FakeLLM) -> None:
+def test_an_unexpected_error_mid_stream_is_reported_in_band(
+    client: FlaskClient, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
     fake_llm.fail_after = 1
     fake_llm.error = KeyError("surprise")
     response = client.post("/api/chat/stream", json=ASK)
     assert response.get_data(as_text=True) == "Hi\n[error: The server hit an unexpected error.]"
     assert fake_llm.closed == 1
+    [bug] = [r for r in caplog.records if r.levelname == "ERROR"]  # logged once, with its traceback
+    assert bug.getMessage() == "unhandled KeyError while streaming a reply"
+    assert bug.exc_info is not None and bug.exc_info[1] is fake_llm.error
 
 
 def test_an_unexpected_error_before_the_first_delta_is_a_json_500(
-    client: FlaskClient, fake_llm: FakeLLM
+    client: FlaskClient, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
 ) -> None:
     fake_llm.fail_after = 0
     fake_llm.error = KeyError("surprise")
     for route in ROUTES:
+        caplog.clear()
         response = client.post(route, json=ASK)
         assert response.status_code == 500
         assert response.get_json() == {"error": "The server hit an unexpected error; it has been logged."}
+        [bug] = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert bug.getMessage() == "unhandled KeyError while serving the request"
+        assert bug.exc_info is not None and "Traceback" not in response.get_data(as_text=True)
 
 
 def test_the_scripted_model_sees_the_parsed_request(client: FlaskClient, fake_llm: FakeLLM) -> None:

@@ -150,6 +150,27 @@ def test_json_lines_carry_the_same_keys() -> None:
     assert json.loads(JsonFormatter().format(plain))["message"] == "hello there"
 
 
+def test_a_json_line_carries_a_bugs_traceback_on_one_line() -> None:
+    try:
+        {}["missing"]
+    except KeyError as error:
+        record = logging.LogRecord(
+            "app",
+            logging.ERROR,
+            __file__,
+            1,
+            "unhandled KeyError",
+            None,
+            (KeyError, error, error.__traceback__),
+        )
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "unhandled KeyError"
+    assert entry["traceback"].startswith("Traceback (most recent call last):")
+    assert entry["traceback"].rstrip().endswith("KeyError: 'missing'")
+
+
 def test_text_lines_render_missing_values_as_a_dash() -> None:
     line = access_text({"method": "GET", "path": "/", "status": 200, "ttft_ms": None, "outcome": "complete"})
     assert line == "GET / 200 ttft_ms=- outcome=complete"
