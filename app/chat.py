@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
+from .body import read_body
 from .relay import Relay
 from .validation import parse_chat, read_json
 
@@ -35,15 +35,6 @@ def chat_stream() -> Response:
     sse = "text/event-stream" in request.headers.get("Accept", "")
     relay = start_relay("sse" if sse else "text")
     return Response(relay, mimetype="text/event-stream" if sse else "text/plain", headers=STREAM_HEADERS)
-
-
-def read_body() -> bytes:
-    """The request body, or a 413 when it is over the limit, whether or not it is chunked."""
-    data = request.get_data(cache=False)
-    # A chunked body is cut at the limit without a word: one more byte tells.
-    if len(data) >= (current_app.config["MAX_CONTENT_LENGTH"] or 0) and request.stream.read(1):
-        raise RequestEntityTooLarge()
-    return data
 
 
 def start_relay(framing: str) -> Relay:

@@ -98,7 +98,8 @@ def finish_request(response: Response) -> Response:
                 outcome=relay.outcome,
             )
         else:
-            fields["outcome"] = "error" if fields["status"] >= 400 else "complete"
+            status = fields["status"]
+            fields["outcome"] = "disconnected" if status == 499 else "error" if status >= 400 else "complete"
         # A relay records its own failures, the internal ones too; the rest come from errors.py.
         why = relay.reason if relay is not None else reason
         if why:
