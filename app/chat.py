@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from .body import read_body
 from .relay import Relay
@@ -44,10 +45,27 @@ def start_relay(framing: str) -> Relay:
     g.model = chat.model
     llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
-    ping_s = current_app.config["SSE_PING_S"]
-    relay = g.relay = Relay(llm.stream(chat), started=g.started, framing=framing, ping_s=ping_s)
+    config = current_app.config
+    relay = g.relay = Relay(
+        llm.stream(chat),
+        started=g.started,
+        framing=framing,
+        ping_s=config["SSE_PING_S"],
+        write_timeout_s=config["CLIENT_WRITE_TIMEOUT_S"],
+    )
+    after_this_request(closes(relay))  # a JSON reply is written after the view: watched until then
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         relay.watch(client)
     relay.open()
     return relay
+
+
+def closes(relay: Relay) -> Callable[[Response], Response]:
+    """An after-request function that closes ``relay`` when the response does."""
+
+    def close_with(response: Response) -> Response:
+        response.call_on_close(relay.close)
+        return response
+
+    return close_with
