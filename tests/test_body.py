@@ -74,7 +74,8 @@ def test_a_chunked_body_of_exactly_one_mebibyte_is_read_and_one_byte_more_is_413
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408() -> None:
-    client = create_app({"TESTING": True, "DEMO_DELAY_MS": "0", "REQUEST_BODY_TIMEOUT_S": "0.3"}).test_client()
+    settings = {"TESTING": True, "DEMO_DELAY_MS": "0", "REQUEST_BODY_TIMEOUT_S": "0.3"}
+    client = create_app(settings).test_client()
     slow = Chunked(json.dumps({"message": "hi"}).encode(), pause_s=0.1, piece=2)
     status, body = post_chunked(client, "/api/chat", slow)
     assert status == 408

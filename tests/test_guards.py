@@ -230,7 +230,8 @@ def test_failed_authentications_are_throttled_per_address_and_a_valid_key_still_
     assert throttled.get_json() == {
         "error": "Too many failed authentications from this address: retry after the time in Retry-After."
     }
-    assert client.post("/api/chat", json=ASK, headers=as_key("good-key"), environ_base=here).status_code == 200
+    served = client.post("/api/chat", json=ASK, headers=as_key("good-key"), environ_base=here)
+    assert served.status_code == 200
     assert client.post("/api/chat", json=ASK, headers=as_key("guess"), environ_base=there).status_code == 401
 
 
@@ -285,7 +286,7 @@ def test_two_instances_share_one_stream_cap_through_redis(redis_url: str) -> Non
     "origin", ["https://*.example.com", "https://app.example.com/", "app.example.com", "https://a.example/x"]
 )
 def test_cors_origins_that_are_not_exact_stop_start_up(origin: str) -> None:
-    with pytest.raises(SettingsError, match="^CORS_ORIGINS takes exact origins") as error:
+    with pytest.raises(SettingsError, match=r"^CORS_ORIGINS takes exact origins") as error:
         load_settings({"CORS_ORIGINS": f"https://ok.example, {origin}"})
     assert repr(origin) in str(error.value)
 

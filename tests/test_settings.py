@@ -175,7 +175,7 @@ def test_bad_exposure_settings_stop_start_up(name: str, value: str) -> None:
     ],
 )
 def test_cors_origins_must_be_exact(value: str, says: str) -> None:
-    with pytest.raises(SettingsError, match="^CORS_ORIGINS") as error:
+    with pytest.raises(SettingsError, match=r"^CORS_ORIGINS") as error:
         load_settings({"CORS_ORIGINS": value})
     assert repr(value) in str(error.value) and says in str(error.value)
 

@@ -206,7 +206,7 @@ def test_guessing_keys_is_throttled_and_a_valid_key_still_served() -> None:
 
 def test_a_cors_pattern_stops_start_up_with_a_sentence() -> None:
     with pytest.raises(
-        RuntimeError, match="CORS_ORIGINS takes exact origins .* 'https://\\*.example.com' is not one"
+        RuntimeError, match=r"CORS_ORIGINS takes exact origins .* 'https://\*.example.com' is not one"
     ):
         LiveServer({"CORS_ORIGINS": "https://*.example.com"})
 
