@@ -77,9 +77,14 @@ def close_idle_connections_on_exit(worker):
             waiting.pop(self.greenlet, None)
             return self.timeout.__exit__(kind, value, traceback)
 
+    def end_wait(greenlet, timeout):
+        if waiting.get(greenlet) is timeout:  # still waiting: not serving a request meanwhile
+            greenlet.throw(timeout)  # caught by its own wait: no request, the connection closes
+
     def close_idle():
+        loop = gevent.get_hub().loop
         for greenlet, timeout in list(waiting.items()):
-            greenlet.kill(timeout, block=False)  # caught by its own wait: no request, close
+            loop.run_callback(end_wait, greenlet, timeout)
 
     previous = signal.getsignal(signal.SIGTERM)
 
