@@ -39,7 +39,9 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """With CHAT_STATE_FILE set (the soak sets it), SIGUSR2 makes a worker write its greenlet count."""
+    """Close idle connections at SIGTERM; with CHAT_STATE_FILE set (the soak sets it), SIGUSR2
+    makes a worker write its greenlet count."""
+    close_idle_connections_on_exit(worker)
     path = os.environ.get("CHAT_STATE_FILE")
     if not path:
         return
@@ -53,3 +55,51 @@ def post_worker_init(worker):
         Path(f"{path}.{os.getpid()}").write_text(f"{alive}\n")
 
     signal.signal(signal.SIGUSR2, write_state)
+
+
+def close_idle_connections_on_exit(worker):
+    """Make SIGTERM close keep-alive connections that wait for a request at once.
+
+    The gevent worker waits for a connection's next request inside ``worker.timeout_ctx()``
+    (a silent ``gevent.Timeout`` of ``--keep-alive`` seconds). After SIGTERM it stops accepting
+    and waits until no connection is left, so one idle client held the shutdown for the whole
+    graceful timeout. Here each such wait is remembered, and SIGTERM ends them all: the timeout
+    fires early, gunicorn sees no request and closes the connection. Replies in flight are not
+    waits: they still get the graceful timeout, and their connection closes when they end.
+    """
+    import signal
+
+    import gevent
+
+    waiting = {}  # the greenlet of each connection waiting for a request -> its Timeout
+
+    class IdleWait:
+        def __enter__(self):
+            # After SIGTERM no new wait: a request already buffered is still read and served.
+            seconds = worker.cfg.keepalive if worker.alive else 0.001
+            self.greenlet = gevent.getcurrent()
+            self.timeout = gevent.Timeout(seconds, False)
+            waiting[self.greenlet] = self.timeout
+            return self.timeout.__enter__()
+
+        def __exit__(self, kind, value, traceback):
+            waiting.pop(self.greenlet, None)
+            return self.timeout.__exit__(kind, value, traceback)
+
+    def end_wait(greenlet, timeout):
+        if waiting.get(greenlet) is timeout:  # still waiting: not serving a request meanwhile
+            greenlet.throw(timeout)  # caught by its own wait: no request, the connection closes
+
+    def close_idle():
+        loop = gevent.get_hub().loop
+        for greenlet, timeout in list(waiting.items()):
+            loop.run_callback(end_wait, greenlet, timeout)
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle_term(signum, frame):
+        previous(signum, frame)
+        gevent.spawn(close_idle)  # out of the signal handler, as gunicorn does
+
+    worker.timeout_ctx = IdleWait
+    signal.signal(signal.SIGTERM, handle_term)

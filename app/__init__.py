@@ -23,6 +23,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     (``TESTING``); it goes through the same checks as the environment does.
     """
     app = Flask(__name__)
+    # A slash-fixing redirect would be built from the Host header: answer 404 instead.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     source = os.environ if test_config is None else test_config
     app.config.from_mapping(load_settings(source), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
     if test_config is not None:

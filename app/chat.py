@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from . import turns
+from .body import read_body
 from .relay import Relay
 from .validation import conversation_ref, parse_chat, read_json
 
@@ -52,15 +53,6 @@ def name_the_turn(response: Response) -> Response:
     return response
 
 
-def read_body() -> bytes:
-    """The request body, or a 413 when it is over the limit, whether or not it is chunked."""
-    data = request.get_data(cache=False)
-    # A chunked body is cut at the limit without a word: one more byte tells.
-    if len(data) >= (current_app.config["MAX_CONTENT_LENGTH"] or 0) and request.stream.read(1):
-        raise RequestEntityTooLarge()
-    return data
-
-
 def start_relay(framing: str) -> Relay:
     """Check the body, store the user's turn if in a conversation, open the model's stream,
     and wait for its first delta."""
@@ -90,7 +82,9 @@ def start_relay(framing: str) -> Relay:
         ping_s=config["SSE_PING_S"],
         metadata=metadata,
         on_end=turn.record if turn else None,
+        write_timeout_s=config["CLIENT_WRITE_TIMEOUT_S"],
     )
+    after_this_request(closes(relay))  # a JSON reply is written after the view: watched until then
     if turn is not None:
         turn.keep_alive()  # from here on, the relay stores the reply however it ends
     client = request.environ.get("gunicorn.socket")
@@ -98,3 +92,13 @@ def start_relay(framing: str) -> Relay:
         relay.watch(client)
     relay.open()
     return relay
+
+
+def closes(relay: Relay) -> Callable[[Response], Response]:
+    """An after-request function that closes ``relay`` when the response does."""
+
+    def close_with(response: Response) -> Response:
+        response.call_on_close(relay.close)
+        return response
+
+    return close_with

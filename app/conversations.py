@@ -11,7 +11,7 @@ from sqlalchemy import and_, delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import turns
-from .chat import read_body
+from .body import read_body
 from .errors import ApiError
 from .models import Conversation, Message, utcnow
 from .validation import parse_conversation, read_json

@@ -20,6 +20,7 @@ from .settings import SettingsError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_S = 5.0  # how long SQLite waits for another worker's write before giving up
+CONNECT_TIMEOUT_S = 10  # how long a Postgres connection may take to be made
 # pg_advisory_xact_lock's key for migrations: any number, the same on every host.
 MIGRATION_LOCK = 7_263_617_106_964
 
@@ -36,10 +37,16 @@ def make_engine(url: str) -> Engine:
     upgrading a read lock, which the busy timeout cannot resolve.
     """
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
+        # A server that takes the connection and never answers must not hang start-up or a turn.
+        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-    database = engine.url.database or ""
-    Path(database).parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(engine.url.database or "").parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DatabaseError(
+            f"The folder for DATABASE_URL's SQLite file, {folder}, cannot be made: {error.strerror}."
+        ) from None
 
     @event.listens_for(engine, "connect")
     def on_connect(connection: Any, _record: Any) -> None:

@@ -1,32 +1,47 @@
-"""What stands before the chat routes: bearer keys, rate limits, and CORS for /api/*."""
+"""What stands before the API: bearer keys, throttles, caps, CORS, and security headers."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import ipaddress
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from flask import Blueprint, Flask, current_app, g, request
+from flask import Blueprint, Flask, Response, after_this_request, current_app, g, request
 from flask_cors import CORS
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .counters import Counters, FailureLimit, Slots
 from .errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
-# Key ids are derived slowly (once per key, at start-up), so that one seen in a database or a
-# log can neither be turned back into its key nor used to check guesses at a key offline.
-KEY_ID_SALT = b"ai-chat-api key id"
-KEY_ID_ROUNDS = 200_000
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+# The per-key id: slow to compute on purpose, so a key cannot be checked against it offline
+# at any useful rate. The salt is fixed so every worker and host derives the same id.
+KEY_ID_SALT = b"ai-chat-api key id v1"
+KEY_ID_COST = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 16}
 
 
 def init_app(app: Flask, chat: Blueprint) -> None:
     """Guard ``/api/*`` as the settings say; ``/``, ``/healthz`` and ``/metrics`` stay open."""
     config = app.config
+    app.after_request(add_security_headers)
     if config["TRUSTED_PROXIES"]:
         # The client address comes from X-Forwarded-For only as far as the trusted hops go.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config["TRUSTED_PROXIES"])  # type: ignore[method-assign]
+        checked = ForwardedFor(app.wsgi_app)
+        app.wsgi_app = ProxyFix(checked, x_for=config["TRUSTED_PROXIES"])  # type: ignore[method-assign]
+    counters = Counters(config["RATE_LIMIT_STORAGE_URI"])
     if config["API_KEYS"]:
-        app.extensions["key_ids"] = {key.encode(): key_id(key) for key in config["API_KEYS"]}
+        app.extensions["key_ids"] = {key: key_id(key) for key in config["API_KEYS"]}
+        if config["AUTH_FAILURE_LIMIT"]:
+            app.extensions["auth_failures"] = FailureLimit(counters, config["AUTH_FAILURE_LIMIT"])
         app.before_request(check_key)
     if config["RATE_LIMIT"]:
         storage = config["RATE_LIMIT_STORAGE_URI"]
@@ -45,13 +60,17 @@ def init_app(app: Flask, chat: Blueprint) -> None:
         limiter.init_app(app)
         # POST only: a browser's CORS preflight must neither spend the budget nor be refused.
         limiter.shared_limit(config["RATE_LIMIT"], scope="chat", methods=["POST"])(chat)
+    if config["MAX_STREAMS_PER_CLIENT"]:
+        app.extensions["slots"] = Slots(counters, config["MAX_STREAMS_PER_CLIENT"])
+        app.before_request(hold_slot)
     if config["CORS_ORIGINS"]:
         CORS(
             app,
+            # Settings let only exact origins and "*" through: Flask-Cors compares them as text.
             resources={r"/api/*": {"origins": list(config["CORS_ORIGINS"])}},
             allow_headers=["Content-Type", "Authorization", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Retry-After"],
-            methods=["POST", "OPTIONS"],
+            expose_headers=["X-Request-ID", "Retry-After", "Location", "X-Conversation-ID", "X-Message-ID"],
+            methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             max_age=600,
         )
 
@@ -60,20 +79,70 @@ def check_key() -> None:
     """Require ``Authorization: Bearer <one of API_KEYS>`` on /api/*, compared in constant time."""
     if not request.path.startswith("/api/") or request.method == "OPTIONS":
         return  # a CORS preflight carries no credentials
-    given = bearer_token()
-    matched = ""
-    for key, derived in current_app.extensions["key_ids"].items():
-        if hmac.compare_digest(given, key):  # every key is compared, so timing tells nothing
-            matched = derived
-    if not given or not matched:
-        raise ApiError("A valid API key is required: send 'Authorization: Bearer <key>'.", 401, UNAUTHORIZED)
-    g.owner = matched  # whose conversations these are
-    g.client = "key:" + matched[:16]  # whom rate limits count
+    client = matched_key_id(bearer_token())
+    if client is not None:
+        # A valid key is served even from an address past its failure limit.
+        g.client = g.owner = client  # whom limits count, and whose conversations these are
+        return
+    failures: FailureLimit | None = current_app.extensions.get("auth_failures")
+    if failures is not None:
+        address = f"ip:{request.remote_addr}"
+        retry_after = failures.retry_after(address)
+        if retry_after is not None:
+            raise ApiError(
+                "Too many failed authentications from this address: retry after the time in Retry-After.",
+                429,
+                {"Retry-After": str(retry_after)},
+            )
+        failures.fail(address)
+    raise ApiError("A valid API key is required: send 'Authorization: Bearer <key>'.", 401, UNAUTHORIZED)
 
 
+def matched_key_id(given: bytes) -> str | None:
+    """The id of the configured key ``given`` is, compared in constant time; None if it is none."""
+    found = None
+    for key, ident in current_app.extensions["key_ids"].items():
+        if hmac.compare_digest(given, key.encode()):  # every key, so timing tells nothing
+            found = ident
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
 def key_id(key: str) -> str:
-    """The one-way id of an API key: what conversations and limits know a key by."""
-    return hashlib.pbkdf2_hmac("sha256", key.encode(), KEY_ID_SALT, KEY_ID_ROUNDS).hex()[:32]
+    """The name limits count a key under and what it owns is kept under: never the key, and
+    neither reversible nor cheap to check a guess against. Computed once per key at start-up."""
+    return "key:" + hashlib.scrypt(key.encode(), salt=KEY_ID_SALT, **KEY_ID_COST).hex()
+
+
+def hold_slot() -> None:
+    """Count a reply in flight against its client until its response closes, or refuse it."""
+    if request.blueprint != "chat" or request.method != "POST":
+        return
+    give_back = current_app.extensions["slots"].take(client_key())
+    if give_back is None:
+        raise ApiError(
+            "Too many replies in flight for this client: wait for one to end, then try again.",
+            429,
+            {"Retry-After": "1"},
+        )
+    after_this_request(on_close(give_back))
+
+
+def on_close(function: Callable[[], None]) -> Callable[[Response], Response]:
+    """An after-request function that runs ``function`` when the response has been sent."""
+
+    def register(response: Response) -> Response:
+        response.call_on_close(function)
+        return response
+
+    return register
+
+
+def add_security_headers(response: Response) -> Response:
+    """No sniffing, no framing, no referrer: on every response, streams and errors too."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 def bearer_token() -> bytes:
@@ -83,5 +152,26 @@ def bearer_token() -> bytes:
 
 
 def client_key() -> str:
-    """Whom a rate limit counts: the API key's short hash, else the client's address."""
+    """Whom a limit counts: the API key's id, else the client's address."""
     return str(g.get("client") or f"ip:{request.remote_addr}")
+
+
+class ForwardedFor:
+    """Inside ProxyFix: an X-Forwarded-For hop that is not an IP address is ignored, and the
+    address the connection came from is kept, so made-up values cannot dodge the limits."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if not is_ip(environ.get("REMOTE_ADDR")):
+            environ["REMOTE_ADDR"] = environ["werkzeug.proxy_fix.orig"]["REMOTE_ADDR"]
+        return self.app(environ, start_response)
+
+
+def is_ip(value: object) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True

@@ -17,7 +17,7 @@ from . import metrics
 
 access_log = logging.getLogger("app.access")
 
-REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # safe in a header, a log line and a page
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
 QUIET_LOGGERS = ("httpx2", "httpcore", "openai")  # per-request INFO lines of their own
 
@@ -100,7 +100,8 @@ def finish_request(response: Response) -> Response:
                 outcome=relay.outcome,
             )
         else:
-            fields["outcome"] = "error" if fields["status"] >= 400 else "complete"
+            status = fields["status"]
+            fields["outcome"] = "disconnected" if status == 499 else "error" if status >= 400 else "complete"
         # A relay records its own failures, the internal ones too; the rest come from errors.py.
         why = relay.reason if relay is not None else reason
         if why:

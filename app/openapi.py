@@ -124,14 +124,10 @@ def chat_operation(stream: bool) -> dict[str, Any]:
             "X-Conversation-ID": {"description": "The conversation, in a turn", "schema": {"type": "string"}},
             "X-Message-ID": {"description": "The stored reply, in a turn", "schema": {"type": "string"}},
         }
-    limited = error_response("Over the rate limit (ours or the model provider's); see Retry-After")
-    limited["headers"] = {
-        **request_id,
-        "Retry-After": {
-            "description": "Seconds to wait",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-        },
-    }
+    limited = throttled(
+        "Over the rate limit (ours or the model provider's), too many replies in flight, or too many "
+        "failed authentications from this address; see Retry-After"
+    )
     return {
         "summary": "Stream a reply" if stream else "Get a whole reply",
         "security": [{}, {"bearer": []}],
@@ -140,6 +136,7 @@ def chat_operation(stream: bool) -> dict[str, Any]:
             "200": ok,
             "400": error_response("The body is not valid: the sentence names the field"),
             "401": error_response("API keys are required and none valid was given"),
+            "408": error_response("The body did not arrive within REQUEST_BODY_TIMEOUT_S"),
             "404": error_response("No conversation with that 'conversation_id' (for this API key)"),
             "409": error_response("A reply in that conversation is still being written"),
             "413": error_response("The body is over 1 MiB"),
@@ -164,7 +161,8 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Any]:
                     "type": "string",
                     "minLength": 1,
                     "maxLength": config["MAX_MESSAGE_CHARS"],
-                    "pattern": r"\S",
+                    # Not blank as Python's str.strip() sees it: JSON Schema's \s lacks \x1c-\x1f and \x85.
+                    "pattern": r"[^\s\x1c-\x1f\x85]",
                     "description": "The newest user turn: not blank",
                 },
                 "messages": {"type": "array", "maxItems": MAX_TURNS, "items": turn},
@@ -209,6 +207,15 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def throttled(description: str) -> dict[str, Any]:
+    """A 429 with the seconds to wait in Retry-After."""
+    response = error_response(description)
+    response["headers"] = {
+        "Retry-After": {"description": "Seconds to wait", "schema": {"type": "string", "pattern": "^[0-9]+$"}}
+    }
+    return response
+
+
 def json_of(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -220,6 +227,7 @@ def error_response(description: str) -> dict[str, Any]:
 def conversation_paths() -> dict[str, Any]:
     """Create, list, read, update and delete stored conversations."""
     guarded: dict[str, Any] = {"security": [{}, {"bearer": []}]}
+    limited = throttled("Too many failed authentications from this address; see Retry-After")
     unknown = error_response("No conversation with that id (for this API key)")
     bad = error_response("The body or a parameter is not valid: the sentence names it")
     denied = error_response("API keys are required and none valid was given")
@@ -244,7 +252,9 @@ def conversation_paths() -> dict[str, Any]:
                     },
                     "400": bad,
                     "401": denied,
+                    "408": error_response("The body did not arrive within REQUEST_BODY_TIMEOUT_S"),
                     "413": error_response("The body is over 1 MiB"),
+                    "429": limited,
                 },
             },
             "get": {
@@ -270,6 +280,7 @@ def conversation_paths() -> dict[str, Any]:
                     },
                     "400": bad,
                     "401": denied,
+                    "429": limited,
                 },
             },
         },
@@ -285,6 +296,7 @@ def conversation_paths() -> dict[str, Any]:
                     },
                     "401": denied,
                     "404": unknown,
+                    "429": limited,
                 },
             },
             "patch": {
@@ -296,13 +308,20 @@ def conversation_paths() -> dict[str, Any]:
                     "400": bad,
                     "401": denied,
                     "404": unknown,
+                    "408": error_response("The body did not arrive within REQUEST_BODY_TIMEOUT_S"),
                     "413": error_response("The body is over 1 MiB"),
+                    "429": limited,
                 },
             },
             "delete": {
                 **guarded,
                 "summary": "Delete a conversation and its messages",
-                "responses": {"204": {"description": "Deleted"}, "401": denied, "404": unknown},
+                "responses": {
+                    "204": {"description": "Deleted"},
+                    "401": denied,
+                    "404": unknown,
+                    "429": limited,
+                },
             },
         },
     }

@@ -7,11 +7,13 @@ calls ``close()`` when the last byte went out or the client left.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import json
 import logging
 import queue
 import select
 import socket
+import struct
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
@@ -47,10 +49,12 @@ class Relay:
         ping_s: float = 15.0,
         metadata: dict[str, Any] | None = None,
         on_end: Callable[[Relay], None] | None = None,
+        write_timeout_s: float = 60.0,
     ) -> None:
         self.source = source
         self.framing = framing  # "text" or "sse" for the stream route, "json" for /api/chat
         self.ping_s = ping_s
+        self.write_timeout_s = write_timeout_s
         self.deltas: Iterator[Delta] = iter(source)
         self.started = started
         self.ttft_ms: float | None = None
@@ -68,6 +72,8 @@ class Relay:
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
         self._pumping = False
+        self._handed_at: float | None = None  # when the server took a chunk it has not yet written
+        self._closed = False
 
     def watch(self, client: socket.socket) -> None:
         """Hang up on the model as soon as the client hangs up, even while the model is silent.
@@ -99,14 +105,20 @@ class Relay:
         finally:
             self.source.close()
         self._end("complete")
+        self._handed_at = time.monotonic()  # the server writes it once the view returns
         return repaired(reply)
 
     def __iter__(self) -> Iterator[bytes]:
-        self._body = self._events() if self.framing == "sse" else self._plain()
+        self._body = self._timed(self._events() if self.framing == "sse" else self._plain())
         return self._body
 
     def close(self) -> None:
-        """Close the body and the upstream: called by the server on completion or disconnect."""
+        """Close the body and the upstream: called by the server on completion or disconnect
+        (for the JSON route, when the response closes)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._handed_at = None
         self.finished = True
         if self._body is not None:
             self._body.close()
@@ -125,9 +137,8 @@ class Relay:
 
     def _end(self, outcome: str, reason: str | None = None) -> None:
         self.finished = True
-        if self.client_gone:
-            outcome, reason = "disconnected", None
-        self.outcome, self.reason = outcome, reason
+        if not self.client_gone:  # else how the reply ended was settled when the client left
+            self.outcome, self.reason = outcome, reason
         self._report()
 
     def _report(self) -> None:
@@ -141,25 +152,50 @@ class Relay:
             log.exception("could not store how a reply ended")
 
     def _watch(self, client: socket.socket) -> None:
-        # poll, not select: select() cannot take descriptors past 1023, which a busy worker has.
-        poller = select.poll()
-        poller.register(client, select.POLLIN)
         try:
-            while True:
-                if self.finished:
-                    return
+            # poll, not select: select() cannot take descriptors past 1023, which a busy worker has.
+            poller = select.poll()
+            poller.register(client, select.POLLIN)  # fails if the client already left and it closed
+            while not self._over():
                 if poller.poll(WATCH_POLL_MS):
-                    if self.finished or client.recv(1, socket.MSG_PEEK):
-                        return  # over, or the client sent more (a pipelined request): not a hang-up
-                    break  # the end of the client's stream: it closed the connection
+                    if not client.recv(1, socket.MSG_PEEK):
+                        break  # the end of the client's stream: it closed the connection
+                    # It sent more (a pipelined request): a hang-up no longer shows, a stall does.
+                    poller.unregister(client)
+                if self._stalled():
+                    self.reason = "client_stalled"
+                    drop(client)
+                    break
+            else:
+                return
         except ConnectionResetError:
             pass
         except (OSError, ValueError):
             # The socket closed after the reply, or something unforeseen. Only a sure hang-up
             # may end a reply early; any other departure shows at the next write.
             return
+        if self._over():
+            return  # the reply went out whole just before the client left
         self.client_gone = True
+        self.outcome = "disconnected"
         self._cancel()
+
+    def _over(self) -> bool:
+        """Is the reply ended and written (as far as the server tells)?"""
+        return self.finished and self._handed_at is None
+
+    def _stalled(self) -> bool:
+        """Has the server been writing one chunk for longer than the client may take?"""
+        handed_at = self._handed_at
+        return handed_at is not None and time.monotonic() - handed_at > self.write_timeout_s
+
+    def _timed(self, body: Generator[bytes]) -> Generator[bytes]:
+        """Note when each chunk goes to the server: it asks for the next once it wrote this one."""
+        with contextlib.closing(body):
+            for chunk in body:
+                self._handed_at = time.monotonic()
+                yield chunk
+                self._handed_at = None
 
     def _cancel(self) -> None:
         cancel = getattr(self.source, "cancel", None)
@@ -272,6 +308,14 @@ class Relay:
             except queue.Full:
                 continue
         return False
+
+
+def drop(client: socket.socket) -> None:
+    """Reset a client that takes nothing: the server's waiting write fails at once, and the
+    kernel keeps no unsent reply for it."""
+    with contextlib.suppress(OSError):
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.shutdown(socket.SHUT_RDWR)
 
 
 class _Ping:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,10 +34,22 @@ DEFAULTS: dict[str, str] = {
     "TRUSTED_PROXIES": "0",
     "METRICS_TOKEN": "",
     "DATABASE_URL": "sqlite:///instance/chat.db",
+    "REQUEST_BODY_TIMEOUT_S": "30",
+    "CLIENT_WRITE_TIMEOUT_S": "60",
+    "MAX_STREAMS_PER_CLIENT": "0",
+    "AUTH_FAILURE_LIMIT": "60/minute",
     "PROMETHEUS_MULTIPROC_DIR": "",  # set by gunicorn.conf.py when several workers share metrics
 }
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# scheme://host[:port], as a browser sends it in Origin: no path, no pattern, no trailing slash.
+ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://"
+    r"(?P<host>\[[0-9a-f:.]+\]|[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*)"
+    r"(?::(?P<port>[0-9]{1,5}))?",
+    re.IGNORECASE,
+)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
 
@@ -68,10 +81,14 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
         "API_KEYS": _list(raw["API_KEYS"]),
         "RATE_LIMIT": _rate_limit(raw, "RATE_LIMIT"),
         "RATE_LIMIT_STORAGE_URI": _storage(raw, "RATE_LIMIT_STORAGE_URI"),
-        "CORS_ORIGINS": _list(raw["CORS_ORIGINS"]),
+        "CORS_ORIGINS": _origins(raw, "CORS_ORIGINS"),
         "TRUSTED_PROXIES": _number(raw, "TRUSTED_PROXIES", int, 0, 10),
         "METRICS_TOKEN": raw["METRICS_TOKEN"] or None,
         "DATABASE_URL": _database_url(raw, "DATABASE_URL"),
+        "REQUEST_BODY_TIMEOUT_S": _number(raw, "REQUEST_BODY_TIMEOUT_S", float, 0.1, 3600),
+        "CLIENT_WRITE_TIMEOUT_S": _number(raw, "CLIENT_WRITE_TIMEOUT_S", float, 0.1, 3600),
+        "MAX_STREAMS_PER_CLIENT": _number(raw, "MAX_STREAMS_PER_CLIENT", int, 0, 1_000_000),
+        "AUTH_FAILURE_LIMIT": _rate_limit(raw, "AUTH_FAILURE_LIMIT"),
         "PROMETHEUS_MULTIPROC_DIR": raw["PROMETHEUS_MULTIPROC_DIR"] or None,
     }
     config["PROVIDER"] = resolve_provider(config)
@@ -140,6 +157,29 @@ def _url(raw: Mapping[str, str], name: str) -> str | None:
 
 def _list(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(item.strip() for item in value.split(",") if item.strip()))
+
+
+def _origins(raw: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Exact origins or ``*``: anything else would be matched as a pattern, or never match."""
+    origins = _list(raw[name])
+    for origin in origins:
+        found = ORIGIN.fullmatch(origin)
+        if origin == "*":
+            continue
+        if found is None:
+            raise SettingsError(
+                f"{name} takes exact origins like https://app.example.com or http://localhost:3000 "
+                f"(no path, pattern or trailing slash), or *; {origin!r} is not one."
+            )
+        port = found["port"]
+        if port is not None and not 1 <= int(port) <= 65535:
+            raise SettingsError(f"{name}: {origin!r} has a port outside 1 to 65535.")
+        if port is not None and DEFAULT_PORTS.get(found["scheme"].lower()) == int(port):
+            raise SettingsError(
+                f"{name}: {origin!r} names its scheme's default port, which browsers leave out "
+                "of Origin: drop the port."
+            )
+    return tuple(origin.lower() for origin in origins)
 
 
 def _rate_limit(raw: Mapping[str, str], name: str) -> str | None:

@@ -129,7 +129,7 @@ def start(
                 Message, (Message.conversation_id == Conversation.id) & (Message.status == "streaming")
             )
             .where(Conversation.id == conversation.id)
-            .with_for_update()
+            .with_for_update(of=Conversation)  # Postgres locks no outer join's nullable side
         ).all()
         if not found:
             raise not_found()  # deleted since it was looked up

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import socket
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, g
 
 from app import create_app
 from app.settings import SettingsError, load_settings
@@ -209,3 +210,137 @@ def test_a_redis_that_is_down_falls_back_to_counting_per_worker(caplog: pytest.L
     statuses = [client.post("/api/chat", json=ASK).status_code for _ in range(3)]
     assert statuses == [200, 200, 429]  # no 500: the limits still hold, in memory
     assert any("falling back to in-memory" in r.getMessage() for r in caplog.records)
+
+
+def as_key(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_failed_authentications_are_throttled_per_address_and_a_valid_key_still_served() -> None:
+    client = demo_app(API_KEYS="good-key", AUTH_FAILURE_LIMIT="3/minute").test_client()
+    here, there = ({"REMOTE_ADDR": address} for address in ("10.0.0.1", "10.0.0.2"))
+    statuses = [
+        client.post("/api/chat", json=ASK, headers=as_key(f"guess-{n}"), environ_base=here).status_code
+        for n in range(5)
+    ]
+    assert statuses == [401, 401, 401, 429, 429]
+    throttled = client.post("/api/chat", json=ASK, environ_base=here)  # no key at all: the same
+    assert throttled.status_code == 429
+    assert 1 <= int(throttled.headers["Retry-After"]) <= 60
+    assert throttled.get_json() == {
+        "error": "Too many failed authentications from this address: retry after the time in Retry-After."
+    }
+    served = client.post("/api/chat", json=ASK, headers=as_key("good-key"), environ_base=here)
+    assert served.status_code == 200
+    assert client.post("/api/chat", json=ASK, headers=as_key("guess"), environ_base=there).status_code == 401
+
+
+def test_the_key_id_is_slow_salted_and_the_same_in_every_app() -> None:
+    first, second = (demo_app(API_KEYS="good-key,other-key") for _ in range(2))
+    ids = first.extensions["key_ids"]
+    assert ids == second.extensions["key_ids"]  # workers and hosts count a key under one name
+    assert set(ids) == {"good-key", "other-key"} and len(set(ids.values())) == 2
+    assert all(ident.startswith("key:") and len(ident) == 36 for ident in ids.values())
+    assert ids["good-key"][4:] not in hashlib.sha256(b"good-key").hexdigest()  # not the fast hash
+    with first.test_request_context("/api/chat", method="POST", headers=as_key("good-key")):
+        first.preprocess_request()
+        assert g.client == ids["good-key"]
+
+
+def test_replies_in_flight_are_capped_per_client_and_given_back_at_close() -> None:
+    app = demo_app(MAX_STREAMS_PER_CLIENT="2", API_KEYS="a,b")
+    client = app.test_client()
+    held = [client.post("/api/chat/stream", json=ASK, headers=as_key("a")) for _ in range(2)]
+    assert [response.status_code for response in held] == [200, 200]
+    for route in ROUTES:
+        refused = client.post(route, json=ASK, headers=as_key("a"))
+        assert refused.status_code == 429
+        assert refused.get_json() == {
+            "error": "Too many replies in flight for this client: wait for one to end, then try again."
+        }
+    assert client.post("/api/chat", json=ASK, headers=as_key("b"), buffered=True).status_code == 200
+    held[0].close()  # the reply ended: its slot is free again
+    assert client.post("/api/chat", json=ASK, headers=as_key("a"), buffered=True).status_code == 200
+    held[1].close()
+
+
+def test_a_reply_refused_before_its_model_call_gives_its_slot_back() -> None:
+    client = demo_app(MAX_STREAMS_PER_CLIENT="1").test_client()
+    for _ in range(3):
+        assert client.post("/api/chat", json={"message": ""}, buffered=True).status_code == 400
+    assert client.post("/api/chat", json=ASK, buffered=True).status_code == 200
+
+
+def test_two_instances_share_one_stream_cap_through_redis(redis_url: str) -> None:
+    settings = {"MAX_STREAMS_PER_CLIENT": "1", "RATE_LIMIT_STORAGE_URI": redis_url}
+    first, second = (demo_app(**settings).test_client() for _ in range(2))
+    address = {"REMOTE_ADDR": f"198.51.100.{int(time.time() * 7) % 250}"}
+    held = first.post("/api/chat/stream", json=ASK, environ_base=address)
+    assert held.status_code == 200
+    assert second.post("/api/chat/stream", json=ASK, environ_base=address).status_code == 429
+    held.close()
+    assert second.post("/api/chat", json=ASK, environ_base=address, buffered=True).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://*.example.com", "https://app.example.com/", "app.example.com", "https://a.example/x"]
+)
+def test_cors_origins_that_are_not_exact_stop_start_up(origin: str) -> None:
+    with pytest.raises(SettingsError, match=r"^CORS_ORIGINS takes exact origins") as error:
+        load_settings({"CORS_ORIGINS": f"https://ok.example, {origin}"})
+    assert repr(origin) in str(error.value)
+
+
+def test_cors_origins_match_exactly_and_allow_the_conversation_methods() -> None:
+    client = demo_app(CORS_ORIGINS="https://app.example.com, http://localhost:3000").test_client()
+    for origin, allowed in [
+        ("https://app.example.com", True),
+        ("http://localhost:3000", True),
+        ("https://xapp.example.com", False),
+        ("https://app.example.com.evil", False),
+        ("https://appxexample.com", False),
+    ]:
+        response = client.post("/api/chat", json=ASK, headers={"Origin": origin})
+        assert (response.headers.get("Access-Control-Allow-Origin") == origin) is allowed, origin
+    preflight = client.options(
+        "/api/conversations/1",
+        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "PATCH"},
+    )
+    methods = preflight.headers["Access-Control-Allow-Methods"]
+    assert {"GET", "POST", "PATCH", "DELETE"} <= set(methods.replace(" ", "").split(","))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("GET", "/", {"Accept": "text/html"}),
+        ("GET", "/", {}),
+        ("GET", "/healthz", {}),
+        ("GET", "/metrics", {}),
+        ("POST", "/api/chat", {}),
+        ("POST", "/api/chat/stream", {}),
+        ("GET", "/nowhere", {}),
+        ("POST", "/api/chat/stream", {"Authorization": "Bearer wrong"}),
+    ],
+)
+def test_every_response_carries_the_security_headers(method: str, path: str, headers: dict[str, str]) -> None:
+    client = demo_app(API_KEYS="k" if "Authorization" in headers else "").test_client()
+    response = client.open(path, method=method, json=ASK if method == "POST" else None, headers=headers)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_a_forwarded_hop_that_is_not_an_address_is_ignored() -> None:
+    proxy = {"REMOTE_ADDR": "10.9.9.9"}
+    client = demo_app(RATE_LIMIT="2/minute", TRUSTED_PROXIES="1").test_client()
+    statuses = [
+        client.post(
+            "/api/chat", json=ASK, headers={"X-Forwarded-For": f"garbage-{n}"}, environ_base=proxy
+        ).status_code
+        for n in range(3)
+    ]
+    assert statuses == [200, 200, 429]  # counted as the connection's address, not as new clients
+    for address in ("2001:db8::1", "203.0.113.9"):  # real addresses still count apart
+        forwarded = {"X-Forwarded-For": address}
+        assert client.post("/api/chat", json=ASK, headers=forwarded, environ_base=proxy).status_code == 200

@@ -126,6 +126,11 @@ def test_every_route_gets_one_line(client: FlaskClient, caplog: pytest.LogCaptur
         ("tab\there", False),
         ("ünïcode", False),
         ("", False),
+        ("A.b_c-9", True),
+        ("<script>alert(1)</script>", False),
+        ("a/b", False),
+        ("a;b=c", False),
+        ('"quoted"', False),
     ],
 )
 def test_incoming_request_ids_are_kept_only_when_short_and_printable(

@@ -105,3 +105,14 @@ def test_unknown_routes_and_methods_get_json(client: FlaskClient) -> None:
     assert wrong.status_code == 405
     assert wrong.get_json() == {"error": "This address does not accept that method."}
     assert set(wrong.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+
+
+@pytest.mark.parametrize(
+    "path", ["/api//chat", "//api/chat", "/api/chat//stream", "/healthz/", "//healthz", "/api/chat/"]
+)
+def test_no_redirect_is_built_from_the_host_header(client: FlaskClient, path: str) -> None:
+    response = client.post(path, json={"message": "hi"}, headers={"Host": "evil.example"})
+    assert response.status_code in (404, 405, 200)
+    assert "Location" not in response.headers
+    if "//" in path:
+        assert response.status_code == 404

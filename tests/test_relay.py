@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Generator
 
 import pytest
@@ -176,3 +177,56 @@ def test_an_unforeseen_error_is_not_taken_for_a_hang_up() -> None:
     relay.close()
     server_side.close()
     client_side.close()
+
+
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
+def test_a_client_that_takes_nothing_is_dropped_like_one_that_left(
+    monkeypatch: pytest.MonkeyPatch, framing: str
+) -> None:
+    monkeypatch.setattr("app.relay.WATCH_POLL_MS", 50)
+    server_side, client_side = socket.socketpair()
+    source = Cancellable("a", "b", "c")
+    relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
+    relay.watch(server_side)
+    relay.open()
+    if framing == "json":
+        assert relay.text() == "abc"  # the server is now writing it, and never gets it out
+    else:
+        next(iter(relay))  # the server is now writing the first chunk, and never gets it out
+    assert source.cancelled.wait(2.0)
+    assert relay.client_gone
+    assert (relay.outcome, relay.reason) == ("disconnected", "client_stalled")
+    server_side.settimeout(1.0)
+    with pytest.raises(OSError):
+        server_side.sendall(b"x" * 1024)  # the waiting write fails at once
+    relay.close()
+    server_side.close()
+    client_side.close()
+
+
+def test_a_client_that_takes_each_chunk_in_time_is_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.relay.WATCH_POLL_MS", 50)
+    server_side, client_side = socket.socketpair()
+    source = Cancellable(*"abcdef")
+    relay = Relay(source, started=0.0, write_timeout_s=0.3)
+    relay.watch(server_side)
+    relay.open()
+    chunks = []
+    for chunk in relay:
+        chunks.append(chunk)
+        time.sleep(0.1)  # slow, but each write ends well within the limit
+    assert b"".join(chunks) == b"abcdef"
+    assert not source.cancelled.is_set()
+    assert relay.outcome == "complete"
+    relay.close()
+    server_side.close()
+    client_side.close()
+
+
+def test_a_client_that_closed_before_the_watcher_started_is_no_crash() -> None:
+    server_side, client_side = socket.socketpair()
+    server_side.close()
+    client_side.close()
+    relay = Relay(Cancellable("a"), started=0.0)
+    relay._watch(server_side)  # what watch() runs: a closed socket ends it quietly
+    assert not relay.client_gone

@@ -134,3 +134,53 @@ def test_client_uses_the_timeout_and_retry_settings() -> None:
     assert sdk.max_retries == 2
     assert sdk.timeout.read == 7 and sdk.timeout.connect == 7
     assert str(sdk.base_url) == "http://127.0.0.1:9/v1/"
+
+
+def test_exposure_settings_default_to_the_spec() -> None:
+    config = load_settings({})
+    assert config["REQUEST_BODY_TIMEOUT_S"] == 30.0
+    assert config["CLIENT_WRITE_TIMEOUT_S"] == 60.0
+    assert config["MAX_STREAMS_PER_CLIENT"] == 0
+    assert config["AUTH_FAILURE_LIMIT"] == "60/minute"
+    assert config["CORS_ORIGINS"] == ()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REQUEST_BODY_TIMEOUT_S", "0"),
+        ("REQUEST_BODY_TIMEOUT_S", "soon"),
+        ("CLIENT_WRITE_TIMEOUT_S", "-1"),
+        ("MAX_STREAMS_PER_CLIENT", "2.5"),
+        ("MAX_STREAMS_PER_CLIENT", "-1"),
+        ("AUTH_FAILURE_LIMIT", "lots"),
+    ],
+)
+def test_bad_exposure_settings_stop_start_up(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^{name} must be"):
+        load_settings({name: value})
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("https://*.example.com", "is not one"),
+        ("*.example.com", "is not one"),
+        ("https://app.example.com/", "is not one"),
+        ("https://app.example.com/path", "is not one"),
+        ("app.example.com", "is not one"),
+        ("//app.example.com", "is not one"),
+        ("https://app.example.com:99999", "port outside"),
+        ("https://app.example.com:443", "default port"),
+    ],
+)
+def test_cors_origins_must_be_exact(value: str, says: str) -> None:
+    with pytest.raises(SettingsError, match=r"^CORS_ORIGINS") as error:
+        load_settings({"CORS_ORIGINS": value})
+    assert repr(value) in str(error.value) and says in str(error.value)
+
+
+def test_exact_origins_and_the_wildcard_are_accepted() -> None:
+    value = "https://App.Example.com, http://localhost:3000, http://[::1]:8080, *"
+    origins = load_settings({"CORS_ORIGINS": value})["CORS_ORIGINS"]
+    assert origins == ("https://app.example.com", "http://localhost:3000", "http://[::1]:8080", "*")
