@@ -1,13 +1,19 @@
-"""Stored conversations under the real server: many workers on one SQLite file, and restarts."""
+"""Stored conversations under the real server: many workers on one SQLite file, restarts, and a
+worker killed mid-reply."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tempfile
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 from prometheus_client.mmap_dict import MmapedDict
 
@@ -41,6 +47,23 @@ def turn(server: LiveServer, conversation_id: str, message: str, route: str, **e
     events = [json.loads(frame[6:]) for frame in response.text.split("\n\n") if frame]
     assert events[-1]["type"] == "done", events[-1]
     return response.status_code, "".join(e["content"] for e in events if e["type"] == "token")
+
+
+def wait_for(probe: Callable[[], Any], until: Callable[[Any], bool], timeout: float) -> Any:
+    """Call ``probe`` until ``until(value)`` holds; the last value, or an AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        time.sleep(0.05)
+
+
+def worker_pids(server: LiveServer) -> list[int]:
+    with open(f"/proc/{server.process.pid}/task/{server.process.pid}/children") as children:
+        return [int(pid) for pid in children.read().split()]
 
 
 def chat_requests_per_worker(server: LiveServer) -> dict[str, float]:
@@ -140,3 +163,69 @@ def test_a_restart_keeps_every_conversation(tmp_path: Path) -> None:
         assert reply["usage"]["input_tokens"] == len(" ".join([*history, "What about storms"]).split())
     finally:
         second.stop()
+
+
+def serving_worker(server: LiveServer) -> int:
+    """The worker holding the one open client connection (found through its socket's inode)."""
+    sockets = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        established = fields[3] == "01"
+        if established and int(fields[1].split(":")[1], 16) == server.port:
+            sockets.add(f"socket:[{fields[9]}]")
+    assert len(sockets) == 1, sockets
+    for pid in worker_pids(server):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in sockets:
+                    return pid
+            except FileNotFoundError:  # closed meanwhile
+                continue
+    raise AssertionError("no worker holds the connection")
+
+
+def test_a_reply_whose_worker_was_killed_reads_interrupted_and_frees_the_conversation() -> None:
+    # Two workers: the one that is not killed answers while the other is replaced.
+    server = LiveServer(
+        {"WEB_CONCURRENCY": "2", "DEMO_DELAY_MS": "200", "UPSTREAM_TIMEOUT_S": "1", "LOG_FORMAT": "json"}
+    )
+    try:
+        conversation_id = new_conversation(server)
+        ask = "Tell me a story about a robot"
+        url = f"{server.url}/api/chat/stream"
+        body = {"conversation_id": conversation_id, "message": ask}
+        response = requests.post(url, json=body, stream=True, timeout=10)
+        chunks = response.iter_content(chunk_size=None)
+        # Longer than UPSTREAM_TIMEOUT_S: a reply that is still being written is never taken for dead.
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            next(chunks)
+        assert stored(server, conversation_id)["messages"][-1]["status"] == "streaming"
+        assert turn(server, conversation_id, "Are you there?", "json")[0] == 409
+        os.kill(serving_worker(server), signal.SIGKILL)
+        killed = time.monotonic()
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            list(chunks)
+        assert stored(server, conversation_id)["messages"][-1]["status"] == "streaming"
+        assert turn(server, conversation_id, "Are you there?", "json")[0] == 409
+
+        def last_status() -> str:
+            return str(stored(server, conversation_id)["messages"][-1]["status"])
+
+        assert wait_for(last_status, lambda status: status != "streaming", timeout=3) == "interrupted"
+        freed_after = time.monotonic() - killed
+        assert freed_after < 1 + 0.5  # UPSTREAM_TIMEOUT_S, and a poll's worth
+        status, reply = turn(server, conversation_id, "Are you there?", "json", max_tokens=3)
+        assert (status, reply) == (200, " ".join(compose("Are you there?").split(" ")[:3]))
+        messages = stored(server, conversation_id)["messages"]
+        assert [(m["role"], m["status"]) for m in messages] == [
+            ("user", "complete"),
+            ("assistant", "interrupted"),
+            ("user", "complete"),
+            ("assistant", "complete"),
+        ]
+        assert messages[1]["content"] == ""  # its worker died before it could store any text
+        # The model was shown both questions and no empty reply between them.
+        assert messages[3]["usage"]["input_tokens"] == len(f"{ask} Are you there?".split())
+    finally:
+        server.stop()
