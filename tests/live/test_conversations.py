@@ -1,5 +1,5 @@
-"""Stored conversations under the real server: many workers on one SQLite file, restarts, and a
-worker killed mid-reply."""
+"""Stored conversations under the real server: many workers on one SQLite file, restarts, a worker
+killed mid-reply, clients that leave, and upstream failures."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import signal
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from app.demo import compose
 
+from ..fake_upstream import FakeUpstream, Script
 from .server import LiveServer
 
 
@@ -229,3 +230,96 @@ def test_a_reply_whose_worker_was_killed_reads_interrupted_and_frees_the_convers
         assert messages[3]["usage"]["input_tokens"] == len(f"{ask} Are you there?".split())
     finally:
         server.stop()
+
+
+def reply_of(server: LiveServer, conversation_id: str) -> dict[str, Any]:
+    """The conversation's last message once it is no longer being written."""
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: stored(server, conversation_id)["messages"][-1],
+        lambda message: message["status"] != "streaming",
+        timeout=5,
+    )
+
+
+def received_text(chunks: Iterator[bytes], sse: bool, deltas: int) -> str:
+    """Read the stream until ``deltas`` pieces of the reply have arrived; their text."""
+    data = b""
+    while True:
+        data += next(chunks)
+        if not sse and len(data.decode().split()) >= deltas:
+            return data.decode()
+        events = [json.loads(frame[6:]) for frame in data.decode().split("\n\n")[:-1]]
+        tokens = [event["content"] for event in events if event["type"] == "token"]
+        if sse and len(tokens) >= deltas:
+            return "".join(tokens)
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["text", "sse"])
+def test_a_client_leaving_mid_reply_stores_what_it_was_sent(
+    openai_server: LiveServer, upstream: FakeUpstream, sse: bool
+) -> None:
+    deltas = [f"w{i} " for i in range(400)]
+    upstream.script = Script(deltas=deltas, delay=0.02)
+    conversation_id = new_conversation(openai_server)
+    body = {"conversation_id": conversation_id, "message": "Count for me"}
+    headers = {"Accept": "text/event-stream"} if sse else {}
+    url = f"{openai_server.url}/api/chat/stream"
+    response = requests.post(url, json=body, headers=headers, stream=True, timeout=10)
+    request_id = response.headers["X-Request-ID"]
+    received = received_text(response.iter_content(chunk_size=None), sse, deltas=3)
+    response.close()
+    hung_up = time.monotonic()
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=2.0)
+    closed_at = upstream.streams[0].closed_at
+    assert closed_at is not None and closed_at - hung_up < 1.0
+    assert openai_server.wait_for_access_line(request_id)["outcome"] == "disconnected"
+    reply = reply_of(openai_server, conversation_id)
+    assert reply["status"] == "stopped"
+    sent = upstream.streams[0].deltas_sent
+    assert received in {"".join(deltas[:n]) for n in range(3, sent + 1)}
+    # What the client got, and at most what the upstream sent before it was closed.
+    assert reply["content"] in {"".join(deltas[:n]) for n in range(len(received.split()), sent + 1)}
+    messages = stored(openai_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"]) for m in messages[:1]] == [("user", "Count for me")]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/chat/stream"])
+def test_a_failure_before_the_first_delta_stores_an_empty_error(
+    openai_server: LiveServer, upstream: FakeUpstream, path: str
+) -> None:
+    upstream.script = Script(status=500)
+    conversation_id = new_conversation(openai_server)
+    body = {"conversation_id": conversation_id, "message": "Tell me about tides"}
+    response = requests.post(f"{openai_server.url}{path}", json=body, timeout=10)
+    assert response.status_code == 502
+    assert response.headers["X-Conversation-ID"] == conversation_id
+    messages = stored(openai_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Tell me about tides", "complete"),
+        ("assistant", "", "error"),
+    ]
+    assert messages[1]["id"] == response.headers["X-Message-ID"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/api/chat", 502, "The connection to the model broke."),
+        ("/api/chat/stream", 200, "Hello,\n[error: The connection to the model broke.]"),
+    ],
+    ids=["json", "stream"],
+)
+def test_a_failure_mid_reply_stores_the_partial_text_as_an_error(
+    openai_server: LiveServer, upstream: FakeUpstream, path: str, status: int, body: str
+) -> None:
+    upstream.script = Script(cut_after=2)
+    conversation_id = new_conversation(openai_server)
+    ask = {"conversation_id": conversation_id, "message": "Tell me about tides"}
+    response = requests.post(f"{openai_server.url}{path}", json=ask, timeout=10)
+    said = response.json()["error"] if path == "/api/chat" else response.text
+    assert (response.status_code, said) == (status, body)
+    messages = stored(openai_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Tell me about tides", "complete"),
+        ("assistant", "Hello,", "error"),
+    ]
