@@ -1,11 +1,13 @@
 """Stored conversations under the real server: many workers on one SQLite file, restarts, a worker
-killed mid-reply, clients that leave, and upstream failures."""
+killed mid-reply, clients that leave, upstream failures, Postgres, and the ``chat`` command."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -322,4 +324,53 @@ def test_a_failure_mid_reply_stores_the_partial_text_as_an_error(
     assert [(m["role"], m["content"], m["status"]) for m in messages] == [
         ("user", "Tell me about tides", "complete"),
         ("assistant", "Hello,", "error"),
+    ]
+
+
+def test_two_workers_on_postgres_store_every_turn(postgres_url: str) -> None:
+    server = LiveServer(
+        {"WEB_CONCURRENCY": "2", "DEMO_DELAY_MS": "20", "DATABASE_URL": postgres_url, "LOG_FORMAT": "json"}
+    )
+    try:
+        sent = converse_concurrently(server, conversations=10, turns=2)
+        assert_all_stored_complete(server, sent)
+        per_worker = chat_requests_per_worker(server)
+        assert sum(per_worker.values()) == 20
+        assert all(per_worker.values()) and len(per_worker) == 2  # both workers wrote
+        assert errors_in(server.log_text()) == []
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def quick_demo_server() -> Iterator[LiveServer]:
+    server = LiveServer({"DEMO_DELAY_MS": "0"})
+    yield server
+    server.stop()
+
+
+def test_the_chat_command_starts_and_continues_a_conversation(quick_demo_server: LiveServer) -> None:
+    chat = Path(sys.executable).parent / "chat"
+    env = {k: v for k, v in os.environ.items() if k != "CHAT_API_KEY"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(chat), "--url", quick_demo_server.url, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+
+    started = run("--new", "Tell me about owls")
+    assert (started.returncode, started.stdout) == (0, compose("Tell me about owls") + "\n")
+    assert started.stderr.startswith("conversation: ") and started.stderr.count("\n") == 1
+    conversation_id = started.stderr.removeprefix("conversation: ").strip()
+    continued = run("--conversation", conversation_id, "And their nests")
+    assert (continued.returncode, continued.stdout, continued.stderr) == (
+        0,
+        compose("And their nests") + "\n",
+        "",
+    )
+    messages = stored(quick_demo_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Tell me about owls", "complete"),
+        ("assistant", compose("Tell me about owls"), "complete"),
+        ("user", "And their nests", "complete"),
+        ("assistant", compose("And their nests"), "complete"),
     ]
