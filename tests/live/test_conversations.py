@@ -1,0 +1,376 @@
+"""Stored conversations under the real server: many workers on one SQLite file, restarts, a worker
+killed mid-reply, clients that leave, upstream failures, Postgres, and the ``chat`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_client.mmap_dict import MmapedDict
+
+from app.demo import compose
+
+from ..fake_upstream import FakeUpstream, Script
+from .server import LiveServer
+
+
+def new_conversation(server: LiveServer, **fields: Any) -> str:
+    response = requests.post(f"{server.url}/api/conversations", json=fields, timeout=10)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def stored(server: LiveServer, conversation_id: str) -> dict[str, Any]:
+    response = requests.get(f"{server.url}/api/conversations/{conversation_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def turn(server: LiveServer, conversation_id: str, message: str, route: str, **extra: Any) -> tuple[int, str]:
+    """One turn on the JSON route ("json") or the stream route ("text" or "sse"): status and reply."""
+    body = {"conversation_id": conversation_id, "message": message, **extra}
+    if route == "json":
+        response = requests.post(f"{server.url}/api/chat", json=body, timeout=30)
+        return response.status_code, response.json().get("reply", response.text)
+    headers = {"Accept": "text/event-stream"} if route == "sse" else {}
+    response = requests.post(f"{server.url}/api/chat/stream", json=body, headers=headers, timeout=30)
+    if route == "text" or response.status_code != 200:
+        return response.status_code, response.text
+    events = [json.loads(frame[6:]) for frame in response.text.split("\n\n") if frame]
+    assert events[-1]["type"] == "done", events[-1]
+    return response.status_code, "".join(e["content"] for e in events if e["type"] == "token")
+
+
+def wait_for(probe: Callable[[], Any], until: Callable[[Any], bool], timeout: float) -> Any:
+    """Call ``probe`` until ``until(value)`` holds; the last value, or an AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {value!r} after {timeout} s")
+        time.sleep(0.05)
+
+
+def worker_pids(server: LiveServer) -> list[int]:
+    with open(f"/proc/{server.process.pid}/task/{server.process.pid}/children") as children:
+        return [int(pid) for pid in children.read().split()]
+
+
+def chat_requests_per_worker(server: LiveServer) -> dict[str, float]:
+    """How many chat requests each worker answered, read from its own metrics file."""
+    counts = {}
+    for path in Path(tempfile.gettempdir(), f"chat-metrics-{server.process.pid}").glob("counter_*.db"):
+        counts[path.stem.split("_")[1]] = sum(
+            value
+            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
+            if json.loads(key)[1] == "chat_http_requests_total"
+            and json.loads(key)[2]["route"] in ("/api/chat", "/api/chat/stream")
+        )
+    return counts
+
+
+def errors_in(log: str) -> list[str]:
+    """Log lines at ERROR or worse, tracebacks, and SQLite's 'database is locked'."""
+    return [
+        line
+        for line in log.splitlines()
+        if '"level": "ERROR"' in line
+        or '"level": "CRITICAL"' in line
+        or "Traceback" in line
+        or "database is locked" in line
+        or "[ERROR]" in line  # gunicorn's own
+    ]
+
+
+def converse_concurrently(server: LiveServer, conversations: int, turns: int) -> list[tuple[str, list[str]]]:
+    """Each conversation's turns in sequence, the conversations at once; their ids and the messages sent.
+
+    The routes take turns: JSON, plain text stream, SSE stream.
+    """
+    ids = [new_conversation(server) for _ in range(conversations)]
+
+    def converse(index: int) -> tuple[str, list[str]]:
+        sent = []
+        for number in range(turns):
+            message = f"Tell me about harbour {index} and its lighthouse number {number}"
+            route = ("json", "text", "sse")[(index + number) % 3]
+            status, reply = turn(server, ids[index], message, route, max_tokens=12)
+            assert (status, reply) == (200, " ".join(compose(message).split(" ")[:12])), route
+            sent.append(message)
+        return ids[index], sent
+
+    with ThreadPoolExecutor(max_workers=conversations) as pool:
+        return list(pool.map(converse, range(conversations)))
+
+
+def assert_all_stored_complete(server: LiveServer, sent: list[tuple[str, list[str]]]) -> None:
+    for conversation_id, messages in sent:
+        found = stored(server, conversation_id)["messages"]
+        expected = []
+        for message in messages:
+            reply = " ".join(compose(message).split(" ")[:12])
+            expected += [("user", message, "complete"), ("assistant", reply, "complete")]
+        assert [(m["role"], m["content"], m["status"]) for m in found] == expected
+
+
+def test_workers_sharing_one_sqlite_file_store_every_turn() -> None:
+    server = LiveServer({"WEB_CONCURRENCY": "3", "DEMO_DELAY_MS": "20", "LOG_FORMAT": "json"})
+    try:
+        sent = converse_concurrently(server, conversations=20, turns=3)
+        assert_all_stored_complete(server, sent)
+        per_worker = chat_requests_per_worker(server)
+        assert sum(per_worker.values()) == 60
+        assert sum(1 for count in per_worker.values() if count) >= 2  # several workers wrote at once
+        log = server.log_text()
+        assert errors_in(log) == []
+        turns_logged = [line for line in log.splitlines() if '"path": "/api/chat' in line]
+        assert len(turns_logged) == 60 and all('"outcome": "complete"' in line for line in turns_logged)
+    finally:
+        server.stop()
+
+
+def test_a_restart_keeps_every_conversation(tmp_path: Path) -> None:
+    settings = {"DATABASE_URL": f"sqlite:///{tmp_path}/chat.db", "DEMO_DELAY_MS": "0"}
+    first = LiveServer(settings)
+    try:
+        ids = [new_conversation(first, title=f"Trip {n}", instructions="Be brief.") for n in range(3)]
+        for conversation_id in ids[:2]:
+            for message in ("Tell me about tides", "And about the moon"):
+                assert turn(first, conversation_id, message, "json")[0] == 200
+        before = requests.get(f"{first.url}/api/conversations", timeout=10).json()
+        kept = [stored(first, conversation_id) for conversation_id in ids]
+    finally:
+        first.stop()
+    second = LiveServer(settings)
+    try:
+        assert requests.get(f"{second.url}/api/conversations", timeout=10).json() == before
+        assert [stored(second, conversation_id) for conversation_id in ids] == kept
+        assert [len(conversation["messages"]) for conversation in kept] == [4, 4, 0]
+        # The history is there for the model too: the demo model counts the words it was shown.
+        assert turn(second, ids[0], "What about storms", "json")[0] == 200
+        history = [m["content"] for m in kept[0]["messages"]]
+        reply = stored(second, ids[0])["messages"][-1]
+        assert reply["usage"]["input_tokens"] == len(" ".join([*history, "What about storms"]).split())
+    finally:
+        second.stop()
+
+
+def serving_worker(server: LiveServer) -> int:
+    """The worker holding the one open client connection (found through its socket's inode)."""
+    sockets = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        established = fields[3] == "01"
+        if established and int(fields[1].split(":")[1], 16) == server.port:
+            sockets.add(f"socket:[{fields[9]}]")
+    assert len(sockets) == 1, sockets
+    for pid in worker_pids(server):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) in sockets:
+                    return pid
+            except FileNotFoundError:  # closed meanwhile
+                continue
+    raise AssertionError("no worker holds the connection")
+
+
+def test_a_reply_whose_worker_was_killed_reads_interrupted_and_frees_the_conversation() -> None:
+    # Two workers: the one that is not killed answers while the other is replaced.
+    server = LiveServer(
+        {"WEB_CONCURRENCY": "2", "DEMO_DELAY_MS": "200", "UPSTREAM_TIMEOUT_S": "1", "LOG_FORMAT": "json"}
+    )
+    try:
+        conversation_id = new_conversation(server)
+        ask = "Tell me a story about a robot"
+        url = f"{server.url}/api/chat/stream"
+        body = {"conversation_id": conversation_id, "message": ask}
+        response = requests.post(url, json=body, stream=True, timeout=10)
+        chunks = response.iter_content(chunk_size=None)
+        # Longer than UPSTREAM_TIMEOUT_S: a reply that is still being written is never taken for dead.
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            next(chunks)
+        assert stored(server, conversation_id)["messages"][-1]["status"] == "streaming"
+        assert turn(server, conversation_id, "Are you there?", "json")[0] == 409
+        os.kill(serving_worker(server), signal.SIGKILL)
+        killed = time.monotonic()
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            list(chunks)
+        assert stored(server, conversation_id)["messages"][-1]["status"] == "streaming"
+        assert turn(server, conversation_id, "Are you there?", "json")[0] == 409
+
+        def last_status() -> str:
+            return str(stored(server, conversation_id)["messages"][-1]["status"])
+
+        assert wait_for(last_status, lambda status: status != "streaming", timeout=3) == "interrupted"
+        freed_after = time.monotonic() - killed
+        assert freed_after < 1 + 0.5  # UPSTREAM_TIMEOUT_S, and a poll's worth
+        status, reply = turn(server, conversation_id, "Are you there?", "json", max_tokens=3)
+        assert (status, reply) == (200, " ".join(compose("Are you there?").split(" ")[:3]))
+        messages = stored(server, conversation_id)["messages"]
+        assert [(m["role"], m["status"]) for m in messages] == [
+            ("user", "complete"),
+            ("assistant", "interrupted"),
+            ("user", "complete"),
+            ("assistant", "complete"),
+        ]
+        assert messages[1]["content"] == ""  # its worker died before it could store any text
+        # The model was shown both questions and no empty reply between them.
+        assert messages[3]["usage"]["input_tokens"] == len(f"{ask} Are you there?".split())
+    finally:
+        server.stop()
+
+
+def reply_of(server: LiveServer, conversation_id: str) -> dict[str, Any]:
+    """The conversation's last message once it is no longer being written."""
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: stored(server, conversation_id)["messages"][-1],
+        lambda message: message["status"] != "streaming",
+        timeout=5,
+    )
+
+
+def received_text(chunks: Iterator[bytes], sse: bool, deltas: int) -> str:
+    """Read the stream until ``deltas`` pieces of the reply have arrived; their text."""
+    data = b""
+    while True:
+        data += next(chunks)
+        if not sse and len(data.decode().split()) >= deltas:
+            return data.decode()
+        events = [json.loads(frame[6:]) for frame in data.decode().split("\n\n")[:-1]]
+        tokens = [event["content"] for event in events if event["type"] == "token"]
+        if sse and len(tokens) >= deltas:
+            return "".join(tokens)
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["text", "sse"])
+def test_a_client_leaving_mid_reply_stores_what_it_was_sent(
+    openai_server: LiveServer, upstream: FakeUpstream, sse: bool
+) -> None:
+    deltas = [f"w{i} " for i in range(400)]
+    upstream.script = Script(deltas=deltas, delay=0.02)
+    conversation_id = new_conversation(openai_server)
+    body = {"conversation_id": conversation_id, "message": "Count for me"}
+    headers = {"Accept": "text/event-stream"} if sse else {}
+    url = f"{openai_server.url}/api/chat/stream"
+    response = requests.post(url, json=body, headers=headers, stream=True, timeout=10)
+    request_id = response.headers["X-Request-ID"]
+    received = received_text(response.iter_content(chunk_size=None), sse, deltas=3)
+    response.close()
+    hung_up = time.monotonic()
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=2.0)
+    closed_at = upstream.streams[0].closed_at
+    assert closed_at is not None and closed_at - hung_up < 1.0
+    assert openai_server.wait_for_access_line(request_id)["outcome"] == "disconnected"
+    reply = reply_of(openai_server, conversation_id)
+    assert reply["status"] == "stopped"
+    sent = upstream.streams[0].deltas_sent
+    assert received in {"".join(deltas[:n]) for n in range(3, sent + 1)}
+    # What the client got, and at most what the upstream sent before it was closed.
+    assert reply["content"] in {"".join(deltas[:n]) for n in range(len(received.split()), sent + 1)}
+    messages = stored(openai_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"]) for m in messages[:1]] == [("user", "Count for me")]
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/chat/stream"])
+def test_a_failure_before_the_first_delta_stores_an_empty_error(
+    openai_server: LiveServer, upstream: FakeUpstream, path: str
+) -> None:
+    upstream.script = Script(status=500)
+    conversation_id = new_conversation(openai_server)
+    body = {"conversation_id": conversation_id, "message": "Tell me about tides"}
+    response = requests.post(f"{openai_server.url}{path}", json=body, timeout=10)
+    assert response.status_code == 502
+    assert response.headers["X-Conversation-ID"] == conversation_id
+    messages = stored(openai_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Tell me about tides", "complete"),
+        ("assistant", "", "error"),
+    ]
+    assert messages[1]["id"] == response.headers["X-Message-ID"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "body"),
+    [
+        ("/api/chat", 502, "The connection to the model broke."),
+        ("/api/chat/stream", 200, "Hello,\n[error: The connection to the model broke.]"),
+    ],
+    ids=["json", "stream"],
+)
+def test_a_failure_mid_reply_stores_the_partial_text_as_an_error(
+    openai_server: LiveServer, upstream: FakeUpstream, path: str, status: int, body: str
+) -> None:
+    upstream.script = Script(cut_after=2)
+    conversation_id = new_conversation(openai_server)
+    ask = {"conversation_id": conversation_id, "message": "Tell me about tides"}
+    response = requests.post(f"{openai_server.url}{path}", json=ask, timeout=10)
+    said = response.json()["error"] if path == "/api/chat" else response.text
+    assert (response.status_code, said) == (status, body)
+    messages = stored(openai_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Tell me about tides", "complete"),
+        ("assistant", "Hello,", "error"),
+    ]
+
+
+def test_two_workers_on_postgres_store_every_turn(postgres_url: str) -> None:
+    server = LiveServer(
+        {"WEB_CONCURRENCY": "2", "DEMO_DELAY_MS": "20", "DATABASE_URL": postgres_url, "LOG_FORMAT": "json"}
+    )
+    try:
+        sent = converse_concurrently(server, conversations=10, turns=2)
+        assert_all_stored_complete(server, sent)
+        per_worker = chat_requests_per_worker(server)
+        assert sum(per_worker.values()) == 20
+        assert all(per_worker.values()) and len(per_worker) == 2  # both workers wrote
+        assert errors_in(server.log_text()) == []
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def quick_demo_server() -> Iterator[LiveServer]:
+    server = LiveServer({"DEMO_DELAY_MS": "0"})
+    yield server
+    server.stop()
+
+
+def test_the_chat_command_starts_and_continues_a_conversation(quick_demo_server: LiveServer) -> None:
+    chat = Path(sys.executable).parent / "chat"
+    env = {k: v for k, v in os.environ.items() if k != "CHAT_API_KEY"}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(chat), "--url", quick_demo_server.url, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, env=env)
+
+    started = run("--new", "Tell me about owls")
+    assert (started.returncode, started.stdout) == (0, compose("Tell me about owls") + "\n")
+    assert started.stderr.startswith("conversation: ") and started.stderr.count("\n") == 1
+    conversation_id = started.stderr.removeprefix("conversation: ").strip()
+    continued = run("--conversation", conversation_id, "And their nests")
+    assert (continued.returncode, continued.stdout, continued.stderr) == (
+        0,
+        compose("And their nests") + "\n",
+        "",
+    )
+    messages = stored(quick_demo_server, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in messages] == [
+        ("user", "Tell me about owls", "complete"),
+        ("assistant", compose("Tell me about owls"), "complete"),
+        ("user", "And their nests", "complete"),
+        ("assistant", compose("And their nests"), "complete"),
+    ]
