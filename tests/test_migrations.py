@@ -187,18 +187,13 @@ def test_the_command_stops_with_one_sentence(database_url: str, start: str) -> N
     assert "Traceback" not in err and "pa55-word" not in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="make_engine's mkdir of the SQLite file's folder raises OSError, which nothing turns "
-    "into DatabaseError: python -m app.db prints a traceback",
-)
 def test_the_command_stops_with_one_sentence_when_the_folder_cannot_be_made(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a folder")
     done = run_app_db(f"sqlite:///{tmp_path}/file/chat.db")
     code = done.wait(timeout=30)
     _, err = done.communicate()
     assert code == 1
-    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.startswith("error: The folder for DATABASE_URL's SQLite file") and err.count("\n") == 1, err
 
 
 def test_the_app_does_not_start_on_an_unreachable_database() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from prometheus_client.mmap_dict import MmapedDict
 
 from app.settings import DEFAULTS
 
@@ -76,8 +77,23 @@ class LiveServer:
 
     def worker_pid(self) -> int:
         """The pid of the (first) gunicorn worker."""
+        return self.worker_pids()[0]
+
+    def worker_pids(self) -> list[int]:
         with open(f"/proc/{self.process.pid}/task/{self.process.pid}/children") as children:
-            return int(children.read().split()[0])
+            return [int(pid) for pid in children.read().split()]
+
+    def chat_requests_per_worker(self) -> dict[str, float]:
+        """How many chat requests each worker answered, read from its own metrics file."""
+        counts = {}
+        for path in Path(tempfile.gettempdir(), f"chat-metrics-{self.process.pid}").glob("counter_*.db"):
+            counts[path.stem.split("_")[1]] = sum(
+                value
+                for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
+                if json.loads(key)[1] == "chat_http_requests_total"
+                and json.loads(key)[2]["route"] in ("/api/chat", "/api/chat/stream")
+            )
+        return counts
 
     def log_text(self) -> str:
         return Path(self.log.name).read_text(errors="replace")

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +16,6 @@ from typing import Any
 
 import pytest
 import requests
-from prometheus_client.mmap_dict import MmapedDict
 
 from app.demo import compose
 
@@ -62,24 +60,6 @@ def wait_for(probe: Callable[[], Any], until: Callable[[Any], bool], timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"still {value!r} after {timeout} s")
         time.sleep(0.05)
-
-
-def worker_pids(server: LiveServer) -> list[int]:
-    with open(f"/proc/{server.process.pid}/task/{server.process.pid}/children") as children:
-        return [int(pid) for pid in children.read().split()]
-
-
-def chat_requests_per_worker(server: LiveServer) -> dict[str, float]:
-    """How many chat requests each worker answered, read from its own metrics file."""
-    counts = {}
-    for path in Path(tempfile.gettempdir(), f"chat-metrics-{server.process.pid}").glob("counter_*.db"):
-        counts[path.stem.split("_")[1]] = sum(
-            value
-            for key, value, *_ in MmapedDict.read_all_values_from_file(str(path))
-            if json.loads(key)[1] == "chat_http_requests_total"
-            and json.loads(key)[2]["route"] in ("/api/chat", "/api/chat/stream")
-        )
-    return counts
 
 
 def errors_in(log: str) -> list[str]:
@@ -131,7 +111,7 @@ def test_workers_sharing_one_sqlite_file_store_every_turn() -> None:
     try:
         sent = converse_concurrently(server, conversations=20, turns=3)
         assert_all_stored_complete(server, sent)
-        per_worker = chat_requests_per_worker(server)
+        per_worker = server.chat_requests_per_worker()
         assert sum(per_worker.values()) == 60
         assert sum(1 for count in per_worker.values() if count) >= 2  # several workers wrote at once
         log = server.log_text()
@@ -177,7 +157,7 @@ def serving_worker(server: LiveServer) -> int:
         if established and int(fields[1].split(":")[1], 16) == server.port:
             sockets.add(f"socket:[{fields[9]}]")
     assert len(sockets) == 1, sockets
-    for pid in worker_pids(server):
+    for pid in server.worker_pids():
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
                 if os.readlink(fd) in sockets:
@@ -334,7 +314,7 @@ def test_two_workers_on_postgres_store_every_turn(postgres_url: str) -> None:
     try:
         sent = converse_concurrently(server, conversations=10, turns=2)
         assert_all_stored_complete(server, sent)
-        per_worker = chat_requests_per_worker(server)
+        per_worker = server.chat_requests_per_worker()
         assert sum(per_worker.values()) == 20
         assert all(per_worker.values()) and len(per_worker) == 2  # both workers wrote
         assert errors_in(server.log_text()) == []

@@ -6,12 +6,10 @@ import os
 import re
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
@@ -48,8 +46,9 @@ def test_metrics_add_up_across_two_workers(two_workers: LiveServer) -> None:
     assert sample(metrics, "chat_http_requests_total", route="/api/chat", status="200") == 20
     assert sample(metrics, "chat_http_request_duration_seconds_count", route="/api/chat") == 20
     # Both workers counted requests: the 20 above were summed over their files.
-    files = Path(tempfile.gettempdir(), f"chat-metrics-{two_workers.process.pid}").glob("counter_*.db")
-    assert len({f.stem.split("_")[1] for f in files}) == 2
+    per_worker = two_workers.chat_requests_per_worker()
+    assert sorted(per_worker) == sorted(str(pid) for pid in two_workers.worker_pids())
+    assert sum(per_worker.values()) == 20 and all(per_worker.values()), per_worker
 
 
 def test_the_open_streams_gauge_is_a_live_sum(two_workers: LiveServer) -> None:
