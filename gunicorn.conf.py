@@ -39,22 +39,8 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Close idle connections at SIGTERM; with CHAT_STATE_FILE set (the soak sets it), SIGUSR2
-    makes a worker write its greenlet count."""
+    """Close idle connections at SIGTERM."""
     close_idle_connections_on_exit(worker)
-    path = os.environ.get("CHAT_STATE_FILE")
-    if not path:
-        return
-    import gc
-    import signal
-
-    from greenlet import greenlet
-
-    def write_state(*_):
-        alive = sum(1 for o in gc.get_objects() if isinstance(o, greenlet) and not o.dead)
-        Path(f"{path}.{os.getpid()}").write_text(f"{alive}\n")
-
-    signal.signal(signal.SIGUSR2, write_state)
 
 
 def close_idle_connections_on_exit(worker):

@@ -43,7 +43,8 @@ class Soak:
                 "ALLOWED_MODELS": "cut,broken",
                 "LOG_LEVEL": "WARNING",
                 "CHAT_STATE_FILE": str(self.state),
-            }
+            },
+            config=Path(__file__).with_name("soak_gunicorn.py"),
         )
 
     def stop(self) -> None:

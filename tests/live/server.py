@@ -38,7 +38,10 @@ def free_port() -> int:
 class LiveServer:
     """One gunicorn master with its workers; its log goes to a file the tests can read."""
 
-    def __init__(self, settings: dict[str, str], cpus: set[int] | None = None) -> None:
+    def __init__(
+        self, settings: dict[str, str], cpus: set[int] | None = None, config: Path | None = None
+    ) -> None:
+        """``config``: a gunicorn config file in place of the service's own (which it should load)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Settings come only from the test (never from the developer's shell); .env fills the rest.
@@ -48,8 +51,11 @@ class LiveServer:
         env.update({"PORT": str(self.port), "WEB_CONCURRENCY": "1", "DATABASE_URL": database, **settings})
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         self.log = tempfile.NamedTemporaryFile(prefix="live-server-", suffix=".log", delete=False)  # noqa: SIM115
+        command = procfile_command()
+        if config is not None:
+            command = command.replace("--config gunicorn.conf.py", f"--config {config}")
         self.process = subprocess.Popen(
-            ["sh", "-c", f"exec {procfile_command()}"],
+            ["sh", "-c", f"exec {command}"],
             cwd=ROOT,
             env=env,
             stdout=self.log,
