@@ -8,7 +8,7 @@ import httpx2
 import pytest
 
 from app.errors import UpstreamError
-from app.llm import MAX_EVENT_BYTES, OpenAILLM, Usage, retry_after, sse_batches
+from app.llm import MAX_EVENT_BYTES, POOL_SHARDS, OpenAILLM, Usage, retry_after, sse_batches
 from app.settings import load_settings
 from app.validation import ChatRequest
 
@@ -129,16 +129,39 @@ def test_cancel_from_another_thread_ends_a_silent_stream(
     reply.cancel()  # again, after the end: nothing to do
 
 
-def test_a_cancel_before_the_headers_hangs_up_as_they_arrive(
+def test_a_cancel_before_the_request_is_sent_sends_nothing(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
     upstream.script = Script(deltas=["a"] * 100, delay=0.05)
     reply = make_llm().stream(FULL)
-    reply.cancel()  # nothing is connected yet
+    reply.cancel()  # nothing is connected yet: the connection is shut as soon as it is made
     with pytest.raises(UpstreamError):
         next(iter(reply))
+    time.sleep(0.1)
+    assert (upstream.requests, upstream.streams) == ([], [])
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["new-connection", "kept-alive-connection"])
+def test_a_cancel_while_the_headers_are_held_hangs_up_at_once(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, api: str, reused: bool
+) -> None:
+    llm = make_llm(OPENAI_API=api, UPSTREAM_TIMEOUT_S="30")
+    warm = POOL_SHARDS if reused else 0  # one finished reply per pool leaves a connection in each
+    for _ in range(warm):
+        assert list(llm.stream(FULL))[-1] == Usage(9, 4)
+    assert upstream.connections == warm
+    upstream.script = Script(headers_delay=20)
+    reply = llm.stream(FULL)
+    timer = threading.Timer(0.3, reply.cancel)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(UpstreamError):
+        next(iter(reply))  # blocked until the cancel: the model has sent nothing, not even headers
+    assert time.monotonic() - started < 1.0
     assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
-    assert upstream.streams[0].deltas_sent <= 1
+    stream = upstream.streams[-1]
+    assert stream.closed_at is not None and stream.closed_at - stream.opened_at < 1.0
+    assert upstream.connections == max(warm, 1)  # a kept-alive connection was used when there was one
 
 
 @pytest.mark.parametrize(
