@@ -53,10 +53,13 @@ def start_relay(framing: str) -> Relay:
     g.model = chat.model
     llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
-    ping_s = current_app.config["SSE_PING_S"]
-    relay = g.relay = Relay(llm.stream(chat), started=g.started, framing=framing, ping_s=ping_s)
+    config = current_app.config
+    metadata = {"request_id": g.request_id, "model": chat.model, "conversation_id": None, "message_id": None}
+    relay = g.relay = Relay(
+        llm.stream(chat), started=g.started, framing=framing, ping_s=config["SSE_PING_S"], metadata=metadata
+    )
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         relay.watch(client)
-    relay.open()
+    relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"])
     return relay

@@ -190,6 +190,13 @@ def test_sse_sends_a_token_event_per_delta_then_done(
     assert response.headers["Cache-Control"] == "no-cache"
     assert response.headers["X-Accel-Buffering"] == "no"
     assert sse_events(response.get_data()) == [
+        {
+            "type": "metadata",
+            "request_id": response.headers["X-Request-ID"],
+            "model": "gpt-4o-mini",
+            "conversation_id": None,
+            "message_id": None,
+        },
         {"type": "token", "content": "Hé"},
         {"type": "token", "content": "llo"},
         {"type": "token", "content": " 🤖"},
@@ -200,10 +207,14 @@ def test_sse_sends_a_token_event_per_delta_then_done(
 
 
 def test_sse_each_event_is_its_own_chunk(client: FlaskClient, fake_llm: FakeLLM) -> None:
-    response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
+    response = client.post(
+        "/api/chat/stream", json=ASK, headers={**SSE, "X-Request-ID": "r1"}, buffered=False
+    )
     chunks = list(response.response)
     response.close()
     assert chunks == [
+        b'data: {"type":"metadata","request_id":"r1","model":"gpt-4o-mini",'
+        b'"conversation_id":null,"message_id":null}\n\n',
         b'data: {"type":"token","content":"Hi"}\n\n',
         b'data: {"type":"token","content":" there"}\n\n',
         b'data: {"type":"done","usage":{"input_tokens":3,"output_tokens":2}}\n\n',
@@ -225,7 +236,7 @@ def test_sse_pings_during_an_upstream_silence(
     upstream.script = Script(deltas=["a", "b"], first_delay=0, stall_after=1)
     client = make_openai_app(OPENAI_API=api, SSE_PING_S="0.1", UPSTREAM_TIMEOUT_S="0.55").test_client()
     events = sse_events(client.post("/api/chat/stream", json=ASK, headers=SSE).get_data())
-    assert events[0] == {"type": "token", "content": "a"}
+    assert events[1] == {"type": "token", "content": "a"}
     assert events[-1] == {
         "type": "error",
         "message": "The model stopped sending for longer than the upstream timeout.",
@@ -242,6 +253,7 @@ def test_sse_client_leaving_during_a_silence_closes_the_upstream(
     client = make_openai_app(SSE_PING_S="0.05", UPSTREAM_TIMEOUT_S="30").test_client()
     response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
     body = iter(response.response)
+    assert next(body).startswith(b'data: {"type":"metadata",')
     assert next(body) == b'data: {"type":"token","content":"Hello"}\n\n'
     assert next(body) == b": ping\n\n"  # the silence is noticed while the model says nothing
     response.close()  # the server's next write failed: the client is gone
