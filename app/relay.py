@@ -88,6 +88,7 @@ class Relay:
             except StopIteration:
                 self._first = None
             except BaseException as error:
+                self.source.close()
                 raise self._opening_failed(error) from None
             return
         self._items = queue.Queue(maxsize=QUEUED_DELTAS)
