@@ -43,6 +43,8 @@ RETRY_HEADERS = (("retry-after-ms", 1000.0), ("retry-after", 1.0), ("llm_provide
 RETRY_IN_MESSAGE = re.compile(r"try again in (\d+(?:\.\d+)?) ?(ms|s)\b", re.IGNORECASE)
 RATE_LIMIT_CODES = frozenset(("rate_limit_exceeded", "rate_limit_error", "insufficient_quota_per_minute"))
 TOO_LONG_CODES = frozenset(("context_length_exceeded", "string_above_max_length"))
+# Servers and gateways without that code (vLLM, LiteLLM's ContextWindowExceededError) say it so.
+TOO_LONG_MESSAGE = re.compile(r"maximum context length|context ?window ?exceeded", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +380,7 @@ def in_band_error(error: Any) -> UpstreamError:
     message = error.get("message") if isinstance(error, dict) else None
     if code in RATE_LIMIT_CODES or kind == "rate_limit_error":
         return rate_limited(retry_after(httpx2.Headers(), message))
-    if code in TOO_LONG_CODES:
+    if too_long_for_the_model(code, message):
         return too_long()
     suffix = f" ({code})" if isinstance(code, str) and code.replace("_", "").isalnum() else ""
     return UpstreamError(f"The model reported an error{suffix}.", reason="upstream_error_event")
@@ -391,6 +393,11 @@ def rate_limited(seconds: int) -> UpstreamError:
         status=429,
         headers={"Retry-After": str(seconds)},
     )
+
+
+def too_long_for_the_model(code: Any, message: Any) -> bool:
+    """Whether an error says the conversation does not fit the model's context window."""
+    return code in TOO_LONG_CODES or (isinstance(message, str) and bool(TOO_LONG_MESSAGE.search(message)))
 
 
 def too_long() -> UpstreamError:
@@ -420,7 +427,7 @@ def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
         return UpstreamError(
             f"The model provider does not offer the model '{model}'.", reason="upstream_not_found"
         )
-    if isinstance(error, openai.BadRequestError) and error.code in TOO_LONG_CODES:
+    if isinstance(error, openai.BadRequestError) and too_long_for_the_model(error.code, error_message(error)):
         return too_long()
     if isinstance(error, openai.APIStatusError):
         return UpstreamError(

@@ -95,6 +95,14 @@ FAULTS = [
     ),
     Fault("400", Script(status=400), 502, "The model provider refused the request (HTTP 400)."),
     Fault("400-context-length", Script(status=400, error_code="context_length_exceeded"), 400, TOO_LONG),
+    Fault(  # vLLM, and LiteLLM's ContextWindowExceededError: no code, only the words
+        "400-context-length-in-words",
+        Script(
+            status=400, error_message="This model's maximum context length is 8192 tokens.", error_code="400"
+        ),
+        400,
+        TOO_LONG,
+    ),
     Fault("500", Script(status=500), 502, "The model provider refused the request (HTTP 500)."),
     Fault("503", Script(status=503), 502, "The model provider refused the request (HTTP 503)."),
     Fault(
