@@ -90,10 +90,13 @@ class Backend(httpcore2.NetworkBackend):
         self.backend.sleep(seconds)
 
 
-def transport(limits: httpx2.Limits, verify: Any) -> httpx2.HTTPTransport:
-    """httpx2's default transport, its pool on the wrapped backend."""
-    made = httpx2.HTTPTransport(verify=verify, limits=limits)
-    # httpx2 builds the pool without a way to pass a backend; the pool hands this one to
-    # every connection it makes from now on (none exist yet).
-    made._pool._network_backend = Backend()
-    return made
+def track(client: httpx2.Client) -> httpx2.Client:
+    """Put a new client's pools (its own, and those for the environment's proxies) on the
+    wrapped backend; each pool hands it to every connection it makes."""
+    # httpx2 takes no backend, and a transport of our own would drop the environment's
+    # proxies: so the backend is swapped in before any connection exists.
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            pool._network_backend = Backend()
+    return client

@@ -124,7 +124,7 @@ class OpenAILLM:
                 # The read timeout bounds the silence between two chunks, not the whole reply.
                 timeout=httpx2.Timeout(timeout, connect=timeout),
                 max_retries=config["OPENAI_MAX_RETRIES"],
-                http_client=openai.DefaultHttpxClient(transport=connections.transport(limits, tls)),
+                http_client=connections.track(openai.DefaultHttpxClient(limits=limits, verify=tls)),
             )
             for _ in range(POOL_SHARDS)
         ]
