@@ -295,8 +295,11 @@ class Relay:
             for item in self.deltas:
                 more = type(item) is str or type(item) is Reasoning
                 if more and not keep_reading:
-                    self._pumping = False
-                    keep_source = self._hand_over(items, item)
+                    if self.finished:
+                        return  # the reply ended while the model was silent: close it here
+                    # From here the body reads the source on, and it or close() closes it.
+                    self._pumping, keep_source = False, True
+                    self._hand_over(items, item)
                     return
                 if not self._hand_over(items, item) or not more:
                     return

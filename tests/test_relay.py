@@ -257,3 +257,27 @@ def test_reasoning_is_left_out_of_the_text_and_does_not_count_as_the_first_token
     assert relay.text() == "Answer"
     assert (relay.chunks, relay.chars, relay.reasoning_chars) == (1, 6, 16)
     assert relay.ttft_ms is not None and relay.ttft_ms >= 100
+
+
+@pytest.mark.parametrize("framing", ["text", "sse"])
+def test_a_reply_closed_before_its_late_first_delta_still_closes_the_source(framing: str) -> None:
+    speak = threading.Event()
+    closed = threading.Event()
+
+    class Late:
+        def __iter__(self) -> Generator[Delta]:
+            speak.wait(5.0)  # a model that ignores the hang-up and answers anyway
+            yield "a"
+            yield Usage(1, 1)
+
+        def close(self) -> None:
+            closed.set()
+
+    relay = Relay(Late(), started=0.0, framing=framing, metadata={"request_id": "r"})
+    relay.open(0.05)
+    body = iter(relay)
+    next(body)  # the headers (plain) or the metadata (SSE) went out
+    relay.close()  # the client left
+    assert not closed.is_set()  # the opener is still reading: it must close the source itself
+    speak.set()
+    assert closed.wait(1.0)
