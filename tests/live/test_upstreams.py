@@ -135,10 +135,13 @@ def test_plain_text_headers_go_out_after_the_wait(
     assert answer_at > 1.9
 
 
-def test_reasoning_streams_as_it_comes(thinking_server: LiveServer, upstream: FakeUpstream) -> None:
-    upstream.script = Script(reasoning=["Let", " me", " see."], delay=0.2)
+def test_reasoning_streams_as_it_comes_and_keeps_the_stream_busy(
+    thinking_server: LiveServer, upstream: FakeUpstream
+) -> None:
+    upstream.script = Script(reasoning=["Let", " me", " see", " it", "."], delay=0.3)
     sock = send_request(thinking_server, "sse", f"reason-{time.monotonic_ns()}")
     received = arrivals(sock, b'"type":"done"')
     sock.close()
     thoughts = [at for at, data in received if b'"type":"reasoning"' in data]
-    assert len(thoughts) == 3 and thoughts[2] - thoughts[0] > 0.3  # each as the model sent it
+    assert len(thoughts) == 5 and thoughts[4] - thoughts[0] > 1.0  # each as the model sent it
+    assert not any(b": ping" in data for _, data in received)  # 1.2 s of thinking, no 0.5 s silence
