@@ -26,7 +26,12 @@ def timed(response: Any) -> list[tuple[float, bytes]]:
     return arrivals
 
 
-@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+# Chat Completions names the field reasoning_content (vLLM, DeepSeek) or reasoning (Ollama); the
+# Responses API sends response.reasoning_summary_text.delta events.
+@pytest.mark.parametrize(
+    ("api", "field"),
+    [("chat", "reasoning_content"), ("chat", "reasoning"), ("responses", "reasoning_content")],
+)
 @pytest.mark.parametrize("framing", list(FRAMINGS))
 def test_reasoning_goes_only_into_sse_reasoning_events(
     make_openai_app: Callable[..., Flask],
@@ -36,8 +41,6 @@ def test_reasoning_goes_only_into_sse_reasoning_events(
     framing: str,
     field: str,
 ) -> None:
-    if api == "responses" and field == "reasoning":
-        pytest.skip("the Responses API has one kind of reasoning event")
     caplog.set_level(logging.INFO)
     upstream.script = Script(reasoning=THOUGHTS, reasoning_field=field)
     route, headers = FRAMINGS[framing]
