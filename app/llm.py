@@ -273,10 +273,9 @@ def parse_chat(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | N
                 for choice in event.get("choices") or ():
                     delta = choice.get("delta") or {}
                     # vLLM, DeepSeek and most gateways call it reasoning_content; Ollama reasoning.
+                    # A shape we do not know is left out: the answer does not depend on it.
                     thought = delta.get("reasoning_content") or delta.get("reasoning")
-                    if thought:
-                        if type(thought) is not str:
-                            raise TypeError
+                    if thought and type(thought) is str:
                         texts.append(Reasoning(thought))
                     text = delta.get("content")
                     if text:

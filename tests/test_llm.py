@@ -312,3 +312,41 @@ def test_platform_headers_are_built_before_the_first_request(
 
     monkeypatch.setattr(_base_client, "get_platform", no_subprocess_now)
     assert list(llm.stream(FULL))[-1] == Usage(9, 4)
+
+
+def test_reasoning_comes_apart_from_the_answer_in_both_apis() -> None:
+    from app.llm import Reasoning, parse_chat, parse_responses
+
+    chat = [
+        b'data: {"choices": [{"delta": {"reasoning_content": "Hm"}}]}\n\n'
+        b'data: {"choices": [{"delta": {"reasoning": ", yes."}}]}\n\n'
+        b'data: {"choices": [{"delta": {"content": "Hi", "reasoning": {"effort": "low"}}}]}\n\n',
+        b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+    ]
+    items = list(parse_chat(sse_batches(chat)))
+    assert items == ["Hm, yes.", "Hi"] and [type(i) for i in items] == [Reasoning, str]
+    responses = [
+        b'data: {"type": "response.reasoning_summary_text.delta", "delta": "Hm."}\n\n'
+        b'data: {"type": "response.output_text.delta", "delta": "Hi"}\n\n'
+        b'data: {"type": "response.completed", "response": {}}\n\n'
+    ]
+    items = list(parse_responses(sse_batches(responses)))
+    assert items == ["Hm.", "Hi"] and [type(i) for i in items] == [Reasoning, str]
+
+
+@pytest.mark.parametrize(
+    ("headers", "message", "seconds"),
+    [
+        ({"retry-after-ms": "1500"}, None, 2),
+        ({"retry-after": "4"}, None, 4),
+        ({"llm_provider-retry-after": "9"}, None, 9),
+        ({}, "Rate limit reached. Please try again in 20s.", 20),
+        ({}, "Please try again in 250ms.", 1),
+        ({}, "Slow down.", 1),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, "try again in 3.5s", 4),
+    ],
+)
+def test_the_wait_comes_from_headers_or_the_message(
+    headers: dict[str, str], message: str | None, seconds: int
+) -> None:
+    assert retry_after(httpx2.Headers(headers), message) == seconds
