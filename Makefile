@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint system-packages bench bench-quick soak clean
+.PHONY: run test lint system-packages bench bench-quick soak compat clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,5 +53,18 @@ bench-quick: $(VENV)/.installed-dev
 soak: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.soak
 
+# Not part of `make test`: the service against a real gateway, the LiteLLM proxy with mock and
+# paced models on loopback. LiteLLM goes into a virtualenv of its own, never the project's.
+COMPAT_VENV := .venv-compat
+LITELLM ?= litellm[proxy]==1.108.7
+
+$(COMPAT_VENV)/.installed:
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet '$(LITELLM)'
+	touch $@
+
+compat: $(VENV)/.installed-dev $(COMPAT_VENV)/.installed
+	$(BIN)/python -m tests.compat.check --upstream litellm --litellm $(CURDIR)/$(COMPAT_VENV)/bin/litellm
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage bench-results
+	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage bench-results

@@ -90,7 +90,7 @@ def start_relay(framing: str) -> Relay:
     client = request.environ.get("gunicorn.socket")
     if client is not None:
         relay.watch(client)
-    relay.open()
+    relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"])
     return relay
 
 

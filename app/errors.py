@@ -38,6 +38,15 @@ class UpstreamError(ApiError):
         self.reason = reason
 
 
+class ClientGone(ApiError):
+    """The client closed its connection before the response started: logged as 499, seen by no one."""
+
+    status = 499
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the reply started.")
+
+
 class UpstreamTimeout(UpstreamError):
     """The model provider went silent for longer than UPSTREAM_TIMEOUT_S."""
 

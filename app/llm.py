@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import re
 import socket
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import httpx2
 import openai
 import orjson
 
+from . import connections
 from .errors import UpstreamError, UpstreamTimeout
 from .validation import ChatRequest
 
@@ -36,6 +38,13 @@ IDLE_PER_POOL = 8
 MAX_EVENT_BYTES = 1 << 20  # one server-sent event; OpenAI's are a few hundred bytes
 # Raw bytes are the body only when nothing compresses it; SSE is not worth compressing anyway.
 STREAM: Any = {"headers": {"Accept": "text/event-stream", "Accept-Encoding": "identity"}}
+# Where servers say how long to wait: milliseconds, seconds, and LiteLLM's renamed header.
+RETRY_HEADERS = (("retry-after-ms", 1000.0), ("retry-after", 1.0), ("llm_provider-retry-after", 1.0))
+RETRY_IN_MESSAGE = re.compile(r"try again in (\d+(?:\.\d+)?) ?(ms|s)\b", re.IGNORECASE)
+RATE_LIMIT_CODES = frozenset(("rate_limit_exceeded", "rate_limit_error", "insufficient_quota_per_minute"))
+TOO_LONG_CODES = frozenset(("context_length_exceeded", "string_above_max_length"))
+# Servers and gateways without that code (vLLM, LiteLLM's ContextWindowExceededError) say it so.
+TOO_LONG_MESSAGE = re.compile(r"maximum context length|context ?window ?exceeded", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +58,14 @@ class Usage:
         return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
 
 
-Delta = str | Usage | None
+class Reasoning(str):
+    """A piece of the model's reasoning text, sent apart from the answer (SSE only)."""
+
+    __slots__ = ()
+
+
+# The relay tells them apart with ``type(item) is str``, cheap on the hot path.
+Delta = str | Reasoning | Usage | None
 
 
 class Reply:
@@ -69,13 +85,20 @@ class Reply:
         """Close the body and release the connection (from the greenlet that reads it)."""
         self.deltas.close()
 
+    def hold(self, sock: socket.socket | None) -> None:
+        """Take hold of the connection the request goes out on (see ``connections``)."""
+        self.sock = sock
+        if self.cancelled:
+            self.cancel()
+
     def cancel(self) -> None:
         """Shut the upstream connection down now, even while another greenlet waits on it.
 
         The waiting read sees the end of the stream and unwinds as usual; a shutdown is
-        one system call, safe where closing the SDK's response from outside is not. Before
-        the response headers arrive the connection is not known yet: then the reply hangs
-        up as soon as they do, before reading any of the body.
+        one system call, safe where closing the SDK's response from outside is not. The
+        connection is known from the moment the request is written to it, so this works
+        before the response headers too; while it is still being made (the TCP or TLS
+        handshake), the reply hangs up as soon as it is made, before sending anything.
         """
         self.cancelled = True
         sock = self.sock
@@ -101,7 +124,7 @@ class OpenAILLM:
                 # The read timeout bounds the silence between two chunks, not the whole reply.
                 timeout=httpx2.Timeout(timeout, connect=timeout),
                 max_retries=config["OPENAI_MAX_RETRIES"],
-                http_client=openai.DefaultHttpxClient(limits=limits, verify=tls),
+                http_client=connections.track(openai.DefaultHttpxClient(limits=limits, verify=tls)),
             )
             for _ in range(POOL_SHARDS)
         ]
@@ -124,11 +147,10 @@ class OpenAILLM:
             path, body, parse = "/chat/completions", chat_params(chat, self.stream_usage), parse_chat
         try:
             client = self.clients[next(self._turn) % len(self.clients)]
-            response = client.post(path, cast_to=httpx2.Response, body=body, options=STREAM, stream=True)
+            with connections.sending(reply):
+                response = client.post(path, cast_to=httpx2.Response, body=body, options=STREAM, stream=True)
             reads = response.iter_raw()
             try:
-                network = response.extensions.get("network_stream")
-                reply.sock = network.get_extra_info("socket") if network is not None else None
                 if reply.cancelled:
                     reply.cancel()
                     raise UpstreamError("The client left before the model answered.", reason="client_gone")
@@ -234,24 +256,28 @@ def event_data(block: bytes) -> bytes | None:
 
 
 def parse_chat(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | None]:
-    """Text from ``chat.completion.chunk`` events up to ``[DONE]``; returns the usage."""
+    """Text (and Reasoning) from ``chat.completion.chunk`` events up to ``[DONE]``; returns the usage."""
     usage = None
     finished = False
     for batch in batches:
         texts: list[str] = []
         for data in batch:
             if data == b"[DONE]":
-                if texts:
-                    yield "".join(texts)
+                yield from joined(texts)
                 return usage
             event = decode(data)
             if event.get("error"):
-                if texts:
-                    yield "".join(texts)
+                yield from joined(texts)
                 raise in_band_error(event["error"])
             try:
                 for choice in event.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
+                    delta = choice.get("delta") or {}
+                    # vLLM, DeepSeek and most gateways call it reasoning_content; Ollama reasoning.
+                    # A shape we do not know is left out: the answer does not depend on it.
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if thought and type(thought) is str:
+                        texts.append(Reasoning(thought))
+                    text = delta.get("content")
                     if text:
                         if type(text) is not str:
                             raise TypeError
@@ -262,28 +288,32 @@ def parse_chat(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | N
             if event.get("usage"):
                 usage = read_usage(event["usage"], "prompt_tokens", "completion_tokens")
         if texts:
-            yield texts[0] if len(texts) == 1 else "".join(texts)
+            yield from joined(texts)
     if not finished:
         raise cut_short()
     return usage
 
 
+# The Responses API's reasoning: the summary OpenAI sends, the raw text other servers (vLLM) send.
+REASONING_EVENTS = frozenset(("response.reasoning_summary_text.delta", "response.reasoning_text.delta"))
+
+
 def parse_responses(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage | None]:
-    """Text from the Responses API's typed events up to ``response.completed``; returns the usage."""
+    """Text (and Reasoning) from the Responses API's typed events up to ``response.completed``."""
     for batch in batches:
         texts: list[str] = []
         for data in batch:
             event = decode(data)
             kind = event.get("type")
-            if kind == "response.output_text.delta":
+            if kind == "response.output_text.delta" or kind in REASONING_EVENTS:
                 text = event.get("delta")
                 if text:
                     if type(text) is not str:
                         raise malformed()
-                    texts.append(text)
+                    texts.append(text if kind == "response.output_text.delta" else Reasoning(text))
                 continue
             if texts:
-                yield "".join(texts)
+                yield from joined(texts)
                 texts = []
             if kind in ("response.completed", "response.incomplete"):
                 response = event.get("response")
@@ -293,10 +323,21 @@ def parse_responses(batches: Iterable[list[bytes]]) -> Generator[str, None, Usag
                 response = event.get("response")
                 raise in_band_error(response.get("error") if isinstance(response, dict) else None)
             if kind == "error":
-                raise in_band_error(event)
+                nested = event.get("error")  # some servers nest it, as Chat Completions does
+                raise in_band_error(nested if isinstance(nested, dict) else event)
         if texts:
-            yield texts[0] if len(texts) == 1 else "".join(texts)
+            yield from joined(texts)
     raise cut_short()
+
+
+def joined(pieces: list[str]) -> Iterator[str]:
+    """Runs of answer text and of Reasoning, each joined into one piece, in their order."""
+    if len(pieces) == 1:
+        yield pieces[0]  # the usual batch: one delta
+        return
+    for kind, run in itertools.groupby(pieces, type):
+        text = "".join(run)
+        yield Reasoning(text) if kind is Reasoning else text
 
 
 def cut_short() -> UpstreamError:
@@ -329,27 +370,53 @@ def read_usage(usage: Any, input_key: str, output_key: str) -> Usage | None:
 
 
 def in_band_error(error: Any) -> UpstreamError:
-    """An UpstreamError for an error event inside the stream; its text is not passed on."""
+    """An UpstreamError for an error event inside the stream; its text is not passed on.
+
+    Before any text, its status is what the same error sent as an HTTP status gets.
+    """
     code = error.get("code") if isinstance(error, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if code in RATE_LIMIT_CODES or kind == "rate_limit_error":
+        return rate_limited(retry_after(httpx2.Headers(), message))
+    if too_long_for_the_model(code, message):
+        return too_long()
     suffix = f" ({code})" if isinstance(code, str) and code.replace("_", "").isalnum() else ""
     return UpstreamError(f"The model reported an error{suffix}.", reason="upstream_error_event")
 
 
+def rate_limited(seconds: int) -> UpstreamError:
+    return UpstreamError(
+        f"The model service is rate limiting requests; retry in {seconds} s.",
+        reason="upstream_rate_limited",
+        status=429,
+        headers={"Retry-After": str(seconds)},
+    )
+
+
+def too_long_for_the_model(code: Any, message: Any) -> bool:
+    """Whether an error says the conversation does not fit the model's context window."""
+    return code in TOO_LONG_CODES or (isinstance(message, str) and bool(TOO_LONG_MESSAGE.search(message)))
+
+
+def too_long() -> UpstreamError:
+    return UpstreamError(
+        "The conversation is too long for the model: shorten it (fewer or shorter messages) "
+        "or start a new one.",
+        reason="upstream_context_length",
+        status=400,
+    )
+
+
 def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
-    """Map the SDK's typed errors to the statuses clients get (504, 502 or a passed-on 429)."""
+    """Map the SDK's typed errors to the statuses clients get (504, 502, or a passed-on 429 or 400)."""
     # The provider's own message can quote part of our key, so only its status is passed on.
     if isinstance(error, openai.APITimeoutError):
         return UpstreamTimeout("The model did not answer in time.", reason="upstream_timeout")
     if isinstance(error, openai.APIConnectionError):
         return UpstreamError("The model service could not be reached.", reason="upstream_unreachable")
     if isinstance(error, openai.RateLimitError):
-        seconds = retry_after(error.response.headers)
-        return UpstreamError(
-            f"The model service is rate limiting requests; retry in {seconds} s.",
-            reason="upstream_rate_limited",
-            status=429,
-            headers={"Retry-After": str(seconds)},
-        )
+        return rate_limited(retry_after(error.response.headers, error_message(error)))
     if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
         return UpstreamError(
             "The service is misconfigured: the model provider rejected its API key.",
@@ -359,6 +426,8 @@ def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
         return UpstreamError(
             f"The model provider does not offer the model '{model}'.", reason="upstream_not_found"
         )
+    if isinstance(error, openai.BadRequestError) and too_long_for_the_model(error.code, error_message(error)):
+        return too_long()
     if isinstance(error, openai.APIStatusError):
         return UpstreamError(
             f"The model provider refused the request (HTTP {error.status_code}).",
@@ -369,13 +438,24 @@ def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
     )
 
 
-def retry_after(headers: httpx2.Headers) -> int:
-    """Whole seconds to wait, from ``retry-after-ms`` or ``retry-after`` (at least 1)."""
-    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+def error_message(error: openai.APIError) -> str | None:
+    """The provider's own message, read for a wait time only, never passed on."""
+    body = error.body.get("error", error.body) if isinstance(error.body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    return message if isinstance(message, str) else None
+
+
+def retry_after(headers: httpx2.Headers, message: Any = None) -> int:
+    """Whole seconds to wait, from the headers or a "try again in 20s" in the message (at least 1)."""
+    for name, scale in RETRY_HEADERS:
         try:
             seconds = float(headers.get(name, "")) / scale
         except ValueError:
             continue
         if math.isfinite(seconds):
             return max(1, math.ceil(seconds))
+    found = RETRY_IN_MESSAGE.search(message) if isinstance(message, str) else None
+    if found:
+        seconds = float(found[1]) / (1000.0 if found[2].lower() == "ms" else 1.0)
+        return max(1, math.ceil(seconds))
     return 1

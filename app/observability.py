@@ -109,6 +109,7 @@ def finish_request(response: Response) -> Response:
         fields["request_id"] = request_id
         if relay is not None:
             fields["framing"] = relay.framing  # text, sse or json: last, after the SPEC's keys
+            fields["reasoning_chars"] = relay.reasoning_chars  # the model's reasoning, never in the answer
         access_log.info(access_text(fields), extra={"fields": fields})
         if streaming:
             metrics.OPEN.dec()

@@ -103,7 +103,8 @@ def chat_operation(stream: bool) -> dict[str, Any]:
     if stream:
         ok = {
             "description": "The reply's text as it is written; a failure after the start ends it with "
-            "'\\n[error: <reason>]' (with Accept: text/event-stream: token, done and error events)",
+            "'\\n[error: <reason>]' (with Accept: text/event-stream: metadata, then token and reasoning, "
+            "then done or error events)",
             "content": {
                 "text/plain": {"schema": {"type": "string"}},
                 "text/event-stream": {"schema": {"type": "string"}},

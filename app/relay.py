@@ -20,15 +20,15 @@ from typing import Any, Protocol
 
 import orjson
 
-from .errors import UpstreamError
-from .llm import Delta, Usage
+from .errors import ClientGone, UpstreamError
+from .llm import Delta, Reasoning, Usage
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
 REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
 WATCH_POLL_MS = 1000  # how long a finished relay's client watcher may linger
-QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client
+QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client (also the first one, for both framings)
 HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before checking the reply
 
 
@@ -60,6 +60,7 @@ class Relay:
         self.ttft_ms: float | None = None
         self.chunks = 0
         self.chars = 0
+        self.reasoning_chars = 0
         self.usage: Usage | None = None
         self.outcome = "disconnected"  # until the body runs to its end
         self.reason: str | None = None
@@ -71,7 +72,8 @@ class Relay:
         self._texts_kept: list[str] | None = [] if on_end else None
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
-        self._pumping = False
+        self._pumping = False  # a greenlet of ours is reading the source
+        self._items: queue.Queue[Delta | BaseException] | None = None  # what that greenlet read
         self._handed_at: float | None = None  # when the server took a chunk it has not yet written
         self._closed = False
 
@@ -83,25 +85,46 @@ class Relay:
         """
         _thread.start_new_thread(self._watch, (client,))
 
-    def open(self) -> None:
-        """Wait for the first delta, so a failure before it raises while a status can still be sent."""
+    def open(self, wait_s: float | None = None) -> None:
+        """Wait for the first delta, so a failure before it raises while a status can still be sent.
+
+        The stream framings wait at most ``wait_s``: a model still silent then gets the
+        response started anyway, and its first delta is read on in a greenlet of its own.
+        """
+        if self.framing == "json":
+            try:
+                self._first = next(self.deltas)
+            except StopIteration:
+                self._first = None
+            except BaseException as error:
+                self.source.close()
+                raise self._opening_failed(error) from None
+            return
+        self._items = queue.Queue(maxsize=QUEUED_DELTAS)
+        self._pumping = True
+        _thread.start_new_thread(self._pump, (self._items, self.framing == "sse"))
         try:
-            self._first = next(self.deltas)
-        except StopIteration:
-            self._first = None
-        except BaseException as error:
-            self._end("error", getattr(error, "reason", "internal"))
-            raise
-        if type(self._first) is str:
+            item = self._items.get(timeout=wait_s)
+        except queue.Empty:
+            self._first = SILENT  # the response starts before the model has said anything
+            return
+        if isinstance(item, BaseException):
+            raise self._opening_failed(item) from None
+        self._first = item
+        if type(item) is str:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
+
+    def _opening_failed(self, error: BaseException) -> BaseException:
+        """Record a failure before the response started; what to raise (a departed client: 499)."""
+        self._end("error", getattr(error, "reason", "internal"))
+        return ClientGone() if self.client_gone else error
 
     def text(self) -> str:
         """The whole reply, for the JSON route; an upstream failure raises."""
         try:
             reply = "".join(self._texts())
         except BaseException as error:
-            self._end("error", getattr(error, "reason", "internal"))
-            raise
+            raise self._opening_failed(error) from None
         finally:
             self.source.close()
         self._end("complete")
@@ -179,6 +202,9 @@ class Relay:
         self.client_gone = True
         self.outcome = "disconnected"
         self._cancel()
+        if self._items is not None:  # wake a wait for the opener or the pump at once
+            with contextlib.suppress(queue.Full):
+                self._items.put_nowait(ClientGone())
 
     def _over(self) -> bool:
         """Is the reply ended and written (as far as the server tells)?"""
@@ -203,11 +229,16 @@ class Relay:
             cancel()
 
     def _texts(self) -> Iterator[str]:
+        """The answer's text deltas, counted; reasoning is counted and left out."""
         item = self._first
+        if item is SILENT:
+            item = self._next_queued()
         while True:
             if type(item) is str:
                 self._count(item)
                 yield item
+            elif type(item) is Reasoning:
+                self.reasoning_chars += len(item)
             else:
                 self.usage = item if isinstance(item, Usage) else None
                 return  # the usage (or None) is the last item: the reply is over
@@ -216,11 +247,22 @@ class Relay:
             except StopIteration:
                 return
 
+    def _next_queued(self) -> Delta:
+        """The first delta, from the opener, once it has read it."""
+        assert self._items is not None
+        item = self._items.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
     def _failed(self, error: Exception) -> str | None:
         """Record a failure after the start; the sentence to send, or None when nobody listens."""
+        if self.client_gone:  # whatever broke, it broke because the client left
+            self._end("disconnected")
+            return None
         if isinstance(error, UpstreamError):
             self._end("error", error.reason)
-            return None if self.client_gone else error.message
+            return error.message
         # A bug: said in-band, and logged once with its traceback.
         log.error("unhandled %s while streaming a reply", type(error).__name__, exc_info=error)
         self._end("error", "internal")
@@ -237,6 +279,8 @@ class Relay:
     def _plain(self) -> Generator[bytes]:
         carry = ""
         try:
+            if type(self._first) is not str:
+                yield b""  # no text yet: the server sends the headers now all the same
             for text in self._texts():
                 data, carry = utf8(carry + text)
                 if data:
@@ -249,21 +293,26 @@ class Relay:
             if message:
                 yield f"\n[error: {message}]".encode()
         finally:
-            self.source.close()
+            if not self._pumping:  # else the opener still reads the source, and closes it
+                self.source.close()
 
     def _events(self) -> Generator[bytes]:
-        """Server-Sent Events: a token event per delta, a ping comment per silence, then done."""
+        """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
         # Bounded: while the client is behind, the pump waits and the upstream is held back.
-        items: queue.Queue[Delta | BaseException] = queue.Queue(maxsize=QUEUED_DELTAS)
-        self._pumping = True
-        _thread.start_new_thread(self._pump, (items,))
-        item: Delta | BaseException | None = self._first
+        items = self._items
+        assert items is not None
+        item: Delta | BaseException = self._first
         try:
             yield event({"type": "metadata", **self.metadata})
+            if item is SILENT:
+                item = self._wait(items)
             while True:
                 if type(item) is str:
                     self._count(item)
                     yield event({"type": "token", "content": item})
+                elif type(item) is Reasoning:
+                    self.reasoning_chars += len(item)
+                    yield event({"type": "reasoning", "content": str(item)})
                 elif isinstance(item, BaseException):
                     raise item
                 elif item is not PING:
@@ -274,10 +323,7 @@ class Relay:
                     return
                 else:
                     yield b": ping\n\n"
-                try:
-                    item = items.get(timeout=self.ping_s)
-                except queue.Empty:
-                    item = PING
+                item = self._wait(items)
         except Exception as error:
             message = self._failed(error)
             if message:
@@ -285,19 +331,38 @@ class Relay:
         finally:
             self.finished = True
 
-    def _pump(self, items: queue.Queue[Delta | BaseException]) -> None:
-        """Read the upstream into ``items`` (in its own greenlet), so silences can be timed."""
+    def _wait(self, items: queue.Queue[Delta | BaseException]) -> Delta | BaseException:
+        """The next item, or PING after a silence of ``ping_s``."""
+        item: Delta | BaseException = PING
+        with contextlib.suppress(queue.Empty):
+            item = items.get(timeout=self.ping_s)
+        return item
+
+    def _pump(self, items: queue.Queue[Delta | BaseException], keep_reading: bool) -> None:
+        """Read the upstream into ``items`` in a greenlet of its own, so a silence can be timed.
+
+        SSE reads it all here; plain text only its first delta, then the body reads on in
+        the request's own greenlet (no hand-over per delta).
+        """
+        keep_source = False
         try:
-            if type(self._first) is str:
-                for item in self.deltas:
-                    if not self._hand_over(items, item) or type(item) is not str:
-                        break
-                else:
-                    self._hand_over(items, None)  # the model stopped without a last item: no usage
+            for item in self.deltas:
+                more = type(item) is str or type(item) is Reasoning
+                if more and not keep_reading:
+                    if self.finished:
+                        return  # the reply ended while the model was silent: close it here
+                    # From here the body reads the source on, and it or close() closes it.
+                    self._pumping, keep_source = False, True
+                    self._hand_over(items, item)
+                    return
+                if not self._hand_over(items, item) or not more:
+                    return
+            self._hand_over(items, None)  # the model stopped without a last item: no usage
         except BaseException as error:
             self._hand_over(items, error)
         finally:
-            self.source.close()
+            if not keep_source:
+                self.source.close()
 
     def _hand_over(self, items: queue.Queue[Delta | BaseException], item: Delta | BaseException) -> bool:
         """Queue ``item`` once there is room; False if the reply ended meanwhile."""
@@ -323,6 +388,7 @@ class _Ping:
 
 
 PING: Any = _Ping()
+SILENT: Any = _Ping()  # the first delta had not come when the response started
 
 
 def event(data: dict[str, Any]) -> bytes:

@@ -22,14 +22,19 @@ class Script:
     """What the fake sends for each request (and the fault to produce, if any)."""
 
     deltas: list[str] = field(default_factory=lambda: ["Hello", ",", " world", "!"])
+    reasoning: list[str] = field(default_factory=list)  # reasoning deltas sent before the answer
+    reasoning_field: str = "reasoning_content"  # Chat Completions: or "reasoning" (Ollama)
     delay: float = 0.0  # seconds between two events
     first_delay: float = 0.0  # silence after the headers, before the first delta
     status: int = 200  # anything else: a JSON error body with this status
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
     error_message: str = "Scripted failure."
     error_code: str | None = None
+    error_event: str = "error"  # Responses API: "error", or "failed" for a response.failed event
     no_headers: bool = False  # accept the request, then never answer
-    headers_delay: float = 0.0  # silence before the response headers (a model still loading)
+    # Silence before the response headers: a model still loading, or a gateway (LiteLLM) that
+    # sends its headers only with the first token.
+    headers_delay: float = 0.0
     stall_after: int | None = None  # after N deltas, go silent until the client leaves
     cut_after: int | None = None  # after N deltas, drop the connection mid-body
     malformed_after: int | None = None  # after N deltas, send an event that is not JSON
@@ -205,6 +210,10 @@ class FakeUpstream:
         await send(writer, events.start())
         if script.first_delay:
             await asyncio.sleep(script.first_delay)
+        for index, thought in enumerate(script.reasoning):
+            if index and script.delay:
+                await asyncio.sleep(script.delay)
+            await send(writer, events.reasoning(thought, script.reasoning_field))
         for index, text in enumerate(script.deltas):
             if index == script.stall_after:
                 await asyncio.Event().wait()
@@ -216,7 +225,7 @@ class FakeUpstream:
                 await send(writer, b"")
                 return "complete"
             if index == script.error_after:
-                await send(writer, events.error(script.error_message, script.error_code))
+                await send(writer, events.error(script.error_message, script.error_code, script.error_event))
                 await send(writer, b"")
                 return "complete"
             if index and script.delay:
@@ -273,7 +282,11 @@ class ChatEvents:
         choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
         return sse(self.chunk([choice]))
 
-    def error(self, message: str, code: str | None) -> bytes:
+    def reasoning(self, text: str, name: str) -> bytes:
+        choice = {"index": 0, "delta": {"content": None, name: text}, "logprobs": None, "finish_reason": None}
+        return sse(self.chunk([choice]))
+
+    def error(self, message: str, code: str | None, kind: str) -> bytes:
         return sse({"error": {"message": message, "type": "server_error", "code": code}})
 
     def finish(self, count: int, usage: bool) -> bytes:
@@ -341,7 +354,19 @@ class ResponsesEvents:
             logprobs=[],
         )
 
-    def error(self, message: str, code: str | None) -> bytes:
+    def reasoning(self, text: str, name: str) -> bytes:
+        return self.event(
+            "response.reasoning_summary_text.delta",
+            item_id="rs_fake",
+            output_index=0,
+            summary_index=0,
+            delta=text,
+        )
+
+    def error(self, message: str, code: str | None, kind: str) -> bytes:
+        if kind == "failed":
+            response = self.response("failed") | {"error": {"code": code, "message": message}}
+            return self.event("response.failed", response=response)
         return self.event("error", message=message, code=code, param=None)
 
     def finish(self, count: int, usage: bool) -> bytes:

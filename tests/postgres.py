@@ -144,7 +144,7 @@ class PostgresServer:
         """Stop the server at once (nothing in it is worth keeping) and delete its folder."""
         if self._running:
             self._running = False
-            with suppress(PostgresUnavailable):  # it never got going, or is already gone
+            with suppress(PostgresUnavailable, OSError):  # it never got going, or is already gone
                 self._run(
                     "pg_ctl", "stop", f"--pgdata={self.data}", "--mode=immediate", "--wait", "--timeout=10"
                 )

@@ -216,11 +216,14 @@ def test_sse_sends_a_token_event_per_delta_then_done(
 
 
 def test_sse_each_event_is_its_own_chunk(client: FlaskClient, fake_llm: FakeLLM) -> None:
-    response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
+    response = client.post(
+        "/api/chat/stream", json=ASK, headers={**SSE, "X-Request-ID": "r1"}, buffered=False
+    )
     chunks = list(response.response)
     response.close()
-    assert chunks[0].startswith(b'data: {"type":"metadata","request_id":')
-    assert chunks[1:] == [
+    assert chunks == [
+        b'data: {"type":"metadata","request_id":"r1","model":"gpt-4o-mini",'
+        b'"conversation_id":null,"message_id":null}\n\n',
         b'data: {"type":"token","content":"Hi"}\n\n',
         b'data: {"type":"token","content":" there"}\n\n',
         b'data: {"type":"done","usage":{"input_tokens":3,"output_tokens":2}}\n\n',
@@ -259,7 +262,7 @@ def test_sse_client_leaving_during_a_silence_closes_the_upstream(
     client = make_openai_app(SSE_PING_S="0.05", UPSTREAM_TIMEOUT_S="30").test_client()
     response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
     body = iter(response.response)
-    assert json.loads(next(body)[6:])["type"] == "metadata"
+    assert next(body).startswith(b'data: {"type":"metadata",')
     assert next(body) == b'data: {"type":"token","content":"Hello"}\n\n'
     assert next(body) == b": ping\n\n"  # the silence is noticed while the model says nothing
     response.close()  # the server's next write failed: the client is gone

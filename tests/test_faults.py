@@ -23,6 +23,10 @@ BROKE = "The connection to the model broke."
 UNREADABLE = "The model sent an event that could not be read."
 MISCONFIGURED = "The service is misconfigured: the model provider rejected its API key."
 SILENT = "The model stopped sending for longer than the upstream timeout."
+TOO_LONG = (
+    "The conversation is too long for the model: shorten it (fewer or shorter messages) or start a new one."
+)
+OPENAI_WAIT = "Rate limit reached for gpt-4o-mini on tokens per min. Please try again in 5.2s."
 TIMEOUT_S = 0.4
 
 
@@ -43,6 +47,8 @@ class Fault:
         """What /api/chat answers, which has nothing sent when anything fails."""
         if self.status != 200:
             return self.status
+        if "rate-limit" in self.name:
+            return 429
         return 504 if self.stall else 502
 
 
@@ -73,7 +79,30 @@ FAULTS = [
         "The model service is rate limiting requests; retry in 3 s.",
         {"Retry-After": "3"},
     ),
+    Fault(
+        "429-llm-provider-retry-after",  # LiteLLM renames the provider's header
+        Script(status=429, headers={"llm_provider-retry-after": "12"}),
+        429,
+        "The model service is rate limiting requests; retry in 12 s.",
+        {"Retry-After": "12"},
+    ),
+    Fault(
+        "429-wait-in-the-message",
+        Script(status=429, error_message=OPENAI_WAIT, error_code="rate_limit_exceeded"),
+        429,
+        "The model service is rate limiting requests; retry in 6 s.",
+        {"Retry-After": "6"},
+    ),
     Fault("400", Script(status=400), 502, "The model provider refused the request (HTTP 400)."),
+    Fault("400-context-length", Script(status=400, error_code="context_length_exceeded"), 400, TOO_LONG),
+    Fault(  # vLLM, and LiteLLM's ContextWindowExceededError: no code, only the words
+        "400-context-length-in-words",
+        Script(
+            status=400, error_message="This model's maximum context length is 8192 tokens.", error_code="400"
+        ),
+        400,
+        TOO_LONG,
+    ),
     Fault("500", Script(status=500), 502, "The model provider refused the request (HTTP 500)."),
     Fault("503", Script(status=503), 502, "The model provider refused the request (HTTP 503)."),
     Fault(
@@ -88,6 +117,35 @@ FAULTS = [
         502,
         "The model reported an error (server_error).",
     ),
+    # Responses API: response.failed (in Chat Completions the same script sends an error object).
+    Fault(
+        "rate-limit-failed-event-first",
+        Script(
+            error_after=0, error_code="rate_limit_exceeded", error_message=OPENAI_WAIT, error_event="failed"
+        ),
+        429,
+        "The model service is rate limiting requests; retry in 6 s.",
+        {"Retry-After": "6"},
+    ),
+    Fault(
+        "rate-limit-error-event-first",
+        Script(error_after=0, error_code="rate_limit_exceeded", error_message="Slow down."),
+        429,
+        "The model service is rate limiting requests; retry in 1 s.",
+        {"Retry-After": "1"},
+    ),
+    Fault(
+        "context-length-failed-event-first",
+        Script(error_after=0, error_code="context_length_exceeded", error_event="failed"),
+        400,
+        TOO_LONG,
+    ),
+    Fault(
+        "context-length-error-event-first",
+        Script(error_after=0, error_code="context_length_exceeded"),
+        400,
+        TOO_LONG,
+    ),
     Fault("stall-mid-stream", Script(stall_after=2), 200, SILENT, sent=("Hello", ","), stall=True),
     Fault("cut-mid-stream", Script(cut_after=2), 200, BROKE, sent=("Hello", ",")),
     Fault("malformed-mid-stream", Script(malformed_after=2), 200, UNREADABLE, sent=("Hello", ",")),
@@ -96,6 +154,15 @@ FAULTS = [
         Script(error_after=2, error_code="server_error"),
         200,
         "The model reported an error (server_error).",
+        sent=("Hello", ","),
+    ),
+    Fault(
+        "rate-limit-event-mid-stream",
+        Script(
+            error_after=2, error_code="rate_limit_exceeded", error_message=OPENAI_WAIT, error_event="failed"
+        ),
+        200,
+        "The model service is rate limiting requests; retry in 6 s.",
         sent=("Hello", ","),
     ),
     Fault(
@@ -132,6 +199,17 @@ def events(body: bytes) -> list[Any]:
     return [json.loads(block[6:]) for block in body.decode().split("\n\n") if block.startswith("data: ")]
 
 
+def metadata(response: Any) -> dict[str, Any]:
+    """The first SSE event of every reply."""
+    return {
+        "type": "metadata",
+        "request_id": response.headers["X-Request-ID"],
+        "model": "gpt-4o-mini",
+        "conversation_id": None,
+        "message_id": None,
+    }
+
+
 def reply_text(framing: str, body: bytes) -> str:
     if framing == "sse":
         return "".join(e.get("content", "") for e in events(body))
@@ -165,7 +243,8 @@ def test_upstream_fault(
         for header, value in fault.headers.items():
             assert response.headers[header] == value
     elif framing == "sse":
-        assert events(response.get_data())[1:] == [
+        assert events(response.get_data()) == [
+            metadata(response),
             *({"type": "token", "content": text} for text in fault.sent),
             {"type": "error", "message": fault.sentence},
         ]

@@ -8,7 +8,7 @@ import httpx2
 import pytest
 
 from app.errors import UpstreamError
-from app.llm import MAX_EVENT_BYTES, OpenAILLM, Usage, retry_after, sse_batches
+from app.llm import MAX_EVENT_BYTES, POOL_SHARDS, OpenAILLM, Usage, retry_after, sse_batches
 from app.settings import load_settings
 from app.validation import ChatRequest
 
@@ -129,16 +129,39 @@ def test_cancel_from_another_thread_ends_a_silent_stream(
     reply.cancel()  # again, after the end: nothing to do
 
 
-def test_a_cancel_before_the_headers_hangs_up_as_they_arrive(
+def test_a_cancel_before_the_request_is_sent_sends_nothing(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
     upstream.script = Script(deltas=["a"] * 100, delay=0.05)
     reply = make_llm().stream(FULL)
-    reply.cancel()  # nothing is connected yet
+    reply.cancel()  # nothing is connected yet: the connection is shut as soon as it is made
     with pytest.raises(UpstreamError):
         next(iter(reply))
+    time.sleep(0.1)
+    assert (upstream.requests, upstream.streams) == ([], [])
+
+
+@pytest.mark.parametrize("reused", [False, True], ids=["new-connection", "kept-alive-connection"])
+def test_a_cancel_while_the_headers_are_held_hangs_up_at_once(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, api: str, reused: bool
+) -> None:
+    llm = make_llm(OPENAI_API=api, UPSTREAM_TIMEOUT_S="30")
+    warm = POOL_SHARDS if reused else 0  # one finished reply per pool leaves a connection in each
+    for _ in range(warm):
+        assert list(llm.stream(FULL))[-1] == Usage(9, 4)
+    assert upstream.connections == warm
+    upstream.script = Script(headers_delay=20)
+    reply = llm.stream(FULL)
+    timer = threading.Timer(0.3, reply.cancel)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(UpstreamError):
+        next(iter(reply))  # blocked until the cancel: the model has sent nothing, not even headers
+    assert time.monotonic() - started < 1.0
     assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
-    assert upstream.streams[0].deltas_sent <= 1
+    stream = upstream.streams[-1]
+    assert stream.closed_at is not None and stream.closed_at - stream.opened_at < 1.0
+    assert upstream.connections == max(warm, 1)  # a kept-alive connection was used when there was one
 
 
 @pytest.mark.parametrize(
@@ -289,3 +312,41 @@ def test_platform_headers_are_built_before_the_first_request(
 
     monkeypatch.setattr(_base_client, "get_platform", no_subprocess_now)
     assert list(llm.stream(FULL))[-1] == Usage(9, 4)
+
+
+def test_reasoning_comes_apart_from_the_answer_in_both_apis() -> None:
+    from app.llm import Reasoning, parse_chat, parse_responses
+
+    chat = [
+        b'data: {"choices": [{"delta": {"reasoning_content": "Hm"}}]}\n\n'
+        b'data: {"choices": [{"delta": {"reasoning": ", yes."}}]}\n\n'
+        b'data: {"choices": [{"delta": {"content": "Hi", "reasoning": {"effort": "low"}}}]}\n\n',
+        b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
+    ]
+    items = list(parse_chat(sse_batches(chat)))
+    assert items == ["Hm, yes.", "Hi"] and [type(i) for i in items] == [Reasoning, str]
+    responses = [
+        b'data: {"type": "response.reasoning_summary_text.delta", "delta": "Hm."}\n\n'
+        b'data: {"type": "response.output_text.delta", "delta": "Hi"}\n\n'
+        b'data: {"type": "response.completed", "response": {}}\n\n'
+    ]
+    items = list(parse_responses(sse_batches(responses)))
+    assert items == ["Hm.", "Hi"] and [type(i) for i in items] == [Reasoning, str]
+
+
+@pytest.mark.parametrize(
+    ("headers", "message", "seconds"),
+    [
+        ({"retry-after-ms": "1500"}, None, 2),
+        ({"retry-after": "4"}, None, 4),
+        ({"llm_provider-retry-after": "9"}, None, 9),
+        ({}, "Rate limit reached. Please try again in 20s.", 20),
+        ({}, "Please try again in 250ms.", 1),
+        ({}, "Slow down.", 1),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, "try again in 3.5s", 4),
+    ],
+)
+def test_the_wait_comes_from_headers_or_the_message(
+    headers: dict[str, str], message: str | None, seconds: int
+) -> None:
+    assert retry_after(httpx2.Headers(headers), message) == seconds

@@ -40,6 +40,7 @@ def test_one_access_line_per_request_with_the_spec_fields(
         "outcome",
         "request_id",
         "framing",
+        "reasoning_chars",
     ]
     assert fields["method"] == "POST" and fields["path"] == "/api/chat/stream" and fields["status"] == 200
     assert fields["chars"] == len(body)
@@ -50,7 +51,7 @@ def test_one_access_line_per_request_with_the_spec_fields(
     message = record.getMessage()
     assert message.startswith("POST /api/chat/stream 200 duration_ms=")
     assert f" chunks={fields['chunks']} chars={fields['chars']} " in message
-    assert message.endswith(" outcome=complete request_id=req-42 framing=text")
+    assert message.endswith(" outcome=complete request_id=req-42 framing=text reasoning_chars=0")
 
 
 def test_the_access_line_waits_for_the_stream_to_end(

@@ -8,8 +8,8 @@ from collections.abc import Generator
 
 import pytest
 
-from app.errors import UpstreamError
-from app.llm import Delta, Usage
+from app.errors import ClientGone, UpstreamError
+from app.llm import Delta, Reasoning, Usage
 from app.relay import Relay, utf8
 
 
@@ -230,3 +230,107 @@ def test_a_client_that_closed_before_the_watcher_started_is_no_crash() -> None:
     relay = Relay(Cancellable("a"), started=0.0)
     relay._watch(server_side)  # what watch() runs: a closed socket ends it quietly
     assert not relay.client_gone
+
+
+class Silent:
+    """A model that says nothing until it is cancelled, then fails as a hung-up connection does."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Generator[Delta]:
+        self.cancelled.wait(10.0)
+        raise UpstreamError("The connection to the model broke.", reason="upstream_broken")
+        yield  # a generator
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
+def test_a_client_leaving_before_the_response_started_is_a_499(framing: str) -> None:
+    server_side, client_side = socket.socketpair()
+    source = Silent()
+    relay = Relay(source, started=0.0, framing=framing)
+    relay.watch(server_side)
+    threading.Timer(0.2, client_side.close).start()
+    started = time.monotonic()
+    with pytest.raises(ClientGone) as caught:
+        relay.open(5.0)  # the JSON route waits for it all the same way
+    assert time.monotonic() - started < 1.0  # when the client left, not when the wait ran out
+    assert caught.value.status == 499
+    assert (relay.outcome, relay.reason) == ("disconnected", None)
+    assert source.closed.wait(1.0)
+    server_side.close()
+
+
+@pytest.mark.parametrize("framing", ["text", "sse"])
+def test_the_response_starts_when_the_first_delta_is_late(framing: str) -> None:
+    def late() -> Generator[Delta]:
+        time.sleep(0.3)
+        yield Reasoning("Hmm.")
+        yield "a"
+        yield Usage(1, 1)
+
+    relay = Relay(
+        late(), started=time.perf_counter(), framing=framing, ping_s=0.1, metadata={"request_id": "r"}
+    )
+    started = time.monotonic()
+    relay.open(0.05)
+    assert time.monotonic() - started < 0.2
+    chunks = list(relay)
+    if framing == "text":
+        assert chunks == [b"", b"a"]  # the empty chunk sends the headers at once
+    else:
+        assert chunks[0] == b'data: {"type":"metadata","request_id":"r"}\n\n'
+        assert b": ping\n\n" in chunks[1:-3]
+        assert chunks[-3:] == [
+            b'data: {"type":"reasoning","content":"Hmm."}\n\n',
+            b'data: {"type":"token","content":"a"}\n\n',
+            b'data: {"type":"done","usage":{"input_tokens":1,"output_tokens":1}}\n\n',
+        ]
+    assert (relay.outcome, relay.chars, relay.reasoning_chars) == ("complete", 1, 4)
+    assert relay.ttft_ms is not None and relay.ttft_ms >= 300  # the answer's first text, not the reasoning
+
+
+def test_reasoning_is_left_out_of_the_text_and_does_not_count_as_the_first_token() -> None:
+    def thinking() -> Generator[Delta]:
+        yield Reasoning("Let me see. ")
+        time.sleep(0.1)
+        yield Reasoning("Yes.")
+        yield "Answer"
+        yield Usage(1, 1)
+
+    relay = Relay(thinking(), started=time.perf_counter(), framing="json")
+    relay.open()
+    assert relay.text() == "Answer"
+    assert (relay.chunks, relay.chars, relay.reasoning_chars) == (1, 6, 16)
+    assert relay.ttft_ms is not None and relay.ttft_ms >= 100
+
+
+@pytest.mark.parametrize("framing", ["text", "sse"])
+def test_a_reply_closed_before_its_late_first_delta_still_closes_the_source(framing: str) -> None:
+    speak = threading.Event()
+    closed = threading.Event()
+
+    class Late:
+        def __iter__(self) -> Generator[Delta]:
+            speak.wait(5.0)  # a model that ignores the hang-up and answers anyway
+            yield "a"
+            yield Usage(1, 1)
+
+        def close(self) -> None:
+            closed.set()
+
+    relay = Relay(Late(), started=0.0, framing=framing, metadata={"request_id": "r"})
+    relay.open(0.05)
+    body = iter(relay)
+    next(body)  # the headers (plain) or the metadata (SSE) went out
+    relay.close()  # the client left
+    assert not closed.is_set()  # the opener is still reading: it must close the source itself
+    speak.set()
+    assert closed.wait(1.0)

@@ -1,0 +1,102 @@
+"""Upstream connections that a reply can hang up at any moment, before the model's headers too.
+
+The SDK sends each request on a pooled connection, new or kept alive, and shows which one
+only with the response headers, which many gateways hold back until the first token. So
+the pool's network backend is wrapped: whichever connection writes a request while a reply
+is being sent hands its socket to that reply, and ``Reply.cancel()`` can shut it down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import socket
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+import httpcore2
+import httpx2
+
+
+class Holder(Protocol):
+    """What takes hold of the connection a request goes out on (a reply in flight)."""
+
+    def hold(self, sock: socket.socket | None) -> None: ...
+
+
+# Set by the greenlet (or thread) that sends a request, for as long as the SDK call lasts.
+_sending: contextvars.ContextVar[Holder | None] = contextvars.ContextVar("sending", default=None)
+
+
+@contextlib.contextmanager
+def sending(holder: Holder) -> Iterator[None]:
+    """Hand the connection of each request sent inside the block to ``holder``."""
+    token = _sending.set(holder)
+    try:
+        yield
+    finally:
+        _sending.reset(token)
+
+
+class Stream(httpcore2.NetworkStream):
+    """One connection's stream: tells the sending reply its socket before each write."""
+
+    def __init__(self, stream: httpcore2.NetworkStream) -> None:
+        self.stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        holder = _sending.get()
+        if holder is not None:
+            holder.hold(self.stream.get_extra_info("socket"))
+        self.stream.write(buffer, timeout)
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore2.NetworkStream:
+        return Stream(self.stream.start_tls(ssl_context, server_hostname, timeout))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.stream.get_extra_info(info)
+
+
+class Backend(httpcore2.NetworkBackend):
+    """httpcore2's own blocking backend, its streams wrapped in ``Stream``."""
+
+    def __init__(self) -> None:
+        self.backend = httpcore2.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore2.NetworkStream:
+        return Stream(self.backend.connect_tcp(host, port, timeout, local_address, socket_options))
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore2.NetworkStream:
+        return Stream(self.backend.connect_unix_socket(path, timeout, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self.backend.sleep(seconds)
+
+
+def track(client: httpx2.Client) -> httpx2.Client:
+    """Put a new client's pools (its own, and those for the environment's proxies) on the
+    wrapped backend; each pool hands it to every connection it makes."""
+    # httpx2 takes no backend, and a transport of our own would drop the environment's
+    # proxies: so the backend is swapped in before any connection exists.
+    for transport in (client._transport, *client._mounts.values()):
+        pool = getattr(transport, "_pool", None)
+        if pool is not None:
+            pool._network_backend = Backend()
+    return client
