@@ -181,6 +181,8 @@ class Relay:
             poller.register(client, select.POLLIN)  # fails if the client already left and it closed
             while not self._over():
                 if poller.poll(WATCH_POLL_MS):
+                    if self._over():
+                        return  # the server reads the connection's next request now: hands off
                     if not client.recv(1, socket.MSG_PEEK):
                         break  # the end of the client's stream: it closed the connection
                     # It sent more (a pipelined request): a hang-up no longer shows, a stall does.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -173,6 +174,29 @@ def test_thirty_early_closes_print_no_traceback(server: LiveServer) -> None:
     time.sleep(1.5)
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
     assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.parametrize("accept", ["text/plain", "text/event-stream"])
+def test_a_connection_kept_alive_after_a_stream_serves_its_next_request(
+    server: LiveServer, accept: str
+) -> None:
+    # The finished reply's watcher must hand the socket back, not read the next request itself.
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for _ in range(60):
+        connection.request(
+            "POST",
+            "/api/chat/stream",
+            body=ASK,
+            headers={"Content-Type": "application/json", "Accept": accept},
+        )
+        answer = connection.getresponse()
+        assert answer.status == 200 and answer.read()
+        connection.request("GET", "/healthz")
+        answer = connection.getresponse()
+        assert (answer.status, json.loads(answer.read())["status"]) == (200, "ok")
+    connection.close()
+    assert "Traceback" not in server.log_text()
+    assert "Error handling request" not in server.log_text()
 
 
 def test_forwarded_garbage_does_not_dodge_the_rate_limit() -> None:
