@@ -7,11 +7,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import turns
 from .body import read_body
+from .db import reading
 from .errors import ApiError
 from .models import Conversation, Message, utcnow
 from .validation import parse_conversation, read_json
@@ -50,7 +51,7 @@ def index() -> dict[str, Any]:
             )
         )
     query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit + 1)
-    with db()() as session:
+    with reading(db()) as session:
         found = list(session.scalars(query))
     page, more = found[:limit], len(found) > limit
     return {
@@ -63,7 +64,7 @@ def index() -> dict[str, Any]:
 def show(conversation_id: str) -> dict[str, Any]:
     """One conversation with its messages, oldest first."""
     conversation = find(conversation_id)
-    with db()() as session:
+    with reading(db()) as session:
         messages = session.scalars(
             select(Message).where(Message.conversation_id == conversation.id).order_by(Message.seq)
         ).all()
@@ -82,11 +83,17 @@ def edit(conversation_id: str) -> dict[str, Any]:
     fields = parse_conversation(read_json(read_body(), request.mimetype), current_app.config)
     conversation = find(conversation_id)
     with db().begin() as session:
-        conversation = session.merge(conversation)
-        for name, value in fields.items():
-            setattr(conversation, name, value)
-        conversation.updated_at = utcnow()
-    return as_json(conversation)
+        # One statement on the row as it is now: a turn may have titled it, or a DELETE
+        # removed it, since it was looked up.
+        changed = session.scalars(
+            update(Conversation)
+            .where(Conversation.id == conversation.id, Conversation.owner == owner())
+            .values(**fields, updated_at=utcnow())
+            .returning(Conversation)
+        ).first()
+        if changed is None:
+            raise turns.not_found()
+        return as_json(changed)
 
 
 @bp.delete("/<conversation_id>")

@@ -21,7 +21,7 @@ from limits.strategies import FixedWindowRateLimiter
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SLOT_TTL_S = 600  # a worker that dies holding slots gives them back within this
+SLOT_TTL_S = 600  # slots are counted in buckets this long (see Slots.take)
 PREFIX = "chat"
 
 
@@ -84,14 +84,22 @@ class Slots:
         self.cap = cap
 
     def take(self, client: str) -> Callable[[], None] | None:
-        """Hold a slot for ``client``; the function that gives it back, or None when all are taken."""
-        key = f"{PREFIX}/streams/{client}"
+        """Hold a slot for ``client``; the function that gives it back, or None when all are taken.
+
+        Slots are counted in buckets of SLOT_TTL_S, each kept for two: a reply counts against
+        the cap in the bucket it started in and the next one, and gives its slot back to the
+        bucket it took it from. A count that expired under replies still in flight so never
+        turns negative for the replies after them, and a worker that dies holding slots
+        frees them within two buckets.
+        """
+        bucket = int(time.time() // SLOT_TTL_S)
+        key = f"{PREFIX}/streams/{client}/{bucket}"
+        earlier = f"{PREFIX}/streams/{client}/{bucket - 1}"
         store: list[Storage] = []
 
         def incr(storage: Storage) -> int:
             store.append(storage)
-            # The expiry is set when the count is created: slots a dead worker held vanish with it.
-            return int(storage.incr(key, SLOT_TTL_S, 1))
+            return int(storage.incr(key, 2 * SLOT_TTL_S, 1)) + max(0, int(storage.get(earlier)))
 
         held = self.counters.pick(incr)
         storage = store[-1]
@@ -109,4 +117,4 @@ class Slots:
 
     def _give_back(self, storage: Storage, key: str) -> None:
         with contextlib.suppress(StorageError):  # the store went away: the expiry frees the slot
-            storage.incr(key, SLOT_TTL_S, -1)
+            storage.incr(key, 2 * SLOT_TTL_S, -1)

@@ -1,17 +1,22 @@
 """The database: an engine for DATABASE_URL, and its schema brought up to date by the migrations.
 
 ``python -m app.db`` applies the migrations by hand (the Procfile's ``release:`` line runs it,
-and so does gunicorn's master before it starts any worker); the app checks them at start-up.
+and so does gunicorn's master before it starts any worker); the app checks them at start-up
+and applies any still missing (when it runs without gunicorn: the tests, ``flask run``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -36,10 +41,13 @@ def make_engine(url: str) -> Engine:
     that take the lock when they begin (``BEGIN IMMEDIATE``), so two workers never deadlock
     upgrading a read lock, which the busy timeout cannot resolve.
     """
+    # hide_parameters: an error's text (logged) never quotes a user's message or a reply.
     if not url.startswith("sqlite"):
         # A server that takes the connection and never answers must not hang start-up or a turn.
-        return create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+        return create_engine(
+            url, pool_pre_ping=True, hide_parameters=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S}
+        )
+    engine = create_engine(url, hide_parameters=True, connect_args={"timeout": BUSY_TIMEOUT_S})
     folder = Path(engine.url.database or "").parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -57,9 +65,19 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Readers (see ``reading``) take no lock: under WAL they never wait for a writer.
+        reads = connection.get_execution_options().get("reading", False)
+        connection.exec_driver_sql("BEGIN" if reads else "BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextlib.contextmanager
+def reading(db: sessionmaker[Session]) -> Iterator[Session]:
+    """A session that only reads: on SQLite it never takes the write lock, so it never waits."""
+    with db() as session:
+        session.connection(execution_options={"reading": True})
+        yield session
 
 
 def sessions(engine: Engine) -> sessionmaker[Session]:
@@ -76,6 +94,8 @@ def upgrade(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     try:
+        if current(engine) == ScriptDirectory.from_config(config).get_current_head():
+            return  # the usual start of a worker: the master brought it up to date
         with engine.connect() as connection, connection.begin():
             if engine.dialect.name == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
@@ -85,6 +105,12 @@ def upgrade(engine: Engine) -> None:
         raise DatabaseError(
             f"The database in DATABASE_URL could not be reached or brought up to date: {reason(error)}"
         ) from None
+
+
+def current(engine: Engine) -> str | None:
+    """The revision the database is at (None when it has no schema yet)."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
 
 
 def reason(error: SQLAlchemyError) -> str:

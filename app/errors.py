@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, jsonify
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,14 @@ def register(app: Flask) -> None:
         headers = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         status = error.code or 500
         return error_response(status, HTTP_SENTENCES.get(status, error.name + "."), headers)
+
+    @app.errorhandler(SQLAlchemyError)
+    def handle_database_error(error: SQLAlchemyError) -> Response:
+        # An outage, not a bug: one line (its text never quotes the statement's values).
+        log.error("the database failed: %s", type(error).__name__)
+        g.error_reason = "database"
+        sentence = "The database is unavailable or busy; retry shortly."
+        return error_response(503, sentence, {"Retry-After": "1"})
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:

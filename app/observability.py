@@ -19,7 +19,7 @@ access_log = logging.getLogger("app.access")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")  # safe in a header, a log line and a page
 PATH_SAFE = "/:@!$&'()*+,;=-._~"
-QUIET_LOGGERS = ("httpx2", "httpcore", "openai")  # per-request INFO lines of their own
+QUIET_LOGGERS = ("httpx2", "httpcore", "openai", "alembic")  # per-request INFO lines of their own
 
 
 class JsonFormatter(logging.Formatter):

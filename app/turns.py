@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import dataclasses
 import logging
+import re
 import threading
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -19,8 +20,9 @@ from sqlalchemy import Connection, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .db import reading
 from .errors import ApiError
-from .models import Conversation, Message, new_id, utcnow
+from .models import ID_LENGTH, Conversation, Message, new_id, utcnow
 from .validation import MAX_TURNS, ChatRequest
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TITLE_WORDS_CHARS = 60
+ID = re.compile(rf"[A-Za-z0-9_-]{{{ID_LENGTH}}}")  # what new_id() makes
 STATUS_OF_OUTCOME = {"complete": "complete", "error": "error", "disconnected": "stopped"}
 
 
@@ -44,9 +47,9 @@ def not_found() -> ApiError:
 
 def find(db: sessionmaker[Session], conversation_id: str, owner: str | None) -> Conversation:
     """The owner's conversation with that id, or a 404 (also for anyone else's)."""
-    if not 0 < len(conversation_id) <= 64:
-        raise not_found()  # no id is that long: spare the database the lookup
-    with db() as session:
+    if ID.fullmatch(conversation_id) is None:
+        raise not_found()  # no id looks like that: spare the database the lookup
+    with reading(db) as session:
         conversation = session.get(Conversation, conversation_id)
     if conversation is None or conversation.owner != owner:
         raise not_found()
@@ -79,7 +82,7 @@ class Turn:
                 update(Message)
                 .where(Message.id == self.reply_id)
                 .values(
-                    content=relay.reply_text(),
+                    content=relay.reply_text().replace("\x00", "\ufffd"),  # Postgres stores no NUL
                     status=STATUS_OF_OUTCOME.get(relay.outcome, "error"),
                     input_tokens=usage.input_tokens if usage else None,
                     output_tokens=usage.output_tokens if usage else None,
@@ -122,18 +125,19 @@ def start(
     reply = message_row(conversation.id, "assistant", "streaming", now, model=chat.model)
     with db.begin() as session:
         sql = session.connection()  # Core statements: no unit of work to run
-        # The conversation, locked, with the beat of any reply still marked as being written.
-        found = sql.execute(
-            select(Conversation.title, Message.updated_at)
-            .outerjoin(
-                Message, (Message.conversation_id == Conversation.id) & (Message.status == "streaming")
-            )
-            .where(Conversation.id == conversation.id)
-            .with_for_update(of=Conversation)  # Postgres locks no outer join's nullable side
-        ).all()
-        if not found:
+        # The conversation locked first, then the replies being written read after the lock:
+        # under Postgres's READ COMMITTED one statement doing both would, after waiting for
+        # the lock, not see the reply the turn before it just stored.
+        title = sql.execute(
+            select(Conversation.title).where(Conversation.id == conversation.id).with_for_update()
+        ).first()
+        if title is None:
             raise not_found()  # deleted since it was looked up
-        beats = [beat for _, beat in found if beat is not None]
+        beats = sql.scalars(
+            select(Message.updated_at).where(
+                Message.conversation_id == conversation.id, Message.status == "streaming"
+            )
+        ).all()
         if any(beat >= now - timedelta(seconds=stale_after) for beat in beats):
             raise Busy("A reply in this conversation is still being written; wait for it to finish.")
         if beats:  # their workers died
@@ -145,7 +149,7 @@ def start(
         history = load_history(sql, conversation.id)
         sql.execute(insert(Message), [user, reply])
         changes: dict[str, Any] = {"updated_at": now}
-        if not found[0].title:
+        if not title[0]:
             changes["title"] = title_from(message)
         sql.execute(update(Conversation).where(Conversation.id == conversation.id).values(**changes))
     turn = Turn(db, conversation.id, reply["id"], beat_s=stale_after / 3)

@@ -62,6 +62,8 @@ def parse_chat(body: Any, config: Mapping[str, Any], conversation: Conversation 
     instructions = _instructions(body.get("instructions"))
     model = body.get("model")
     if conversation is not None:
+        _storable(turns[-1]["content"], "message")
+        _storable(instructions, "instructions")
         instructions = instructions or conversation.instructions
         if model is None and conversation.model in config["ALLOWED_MODELS"]:
             model = conversation.model  # a model no longer offered falls back to the default
@@ -88,9 +90,9 @@ def parse_conversation(body: Any, config: Mapping[str, Any]) -> dict[str, str | 
         raise ApiError("The request body must be a JSON object.")
     fields: dict[str, str | None] = {}
     if "title" in body:
-        fields["title"] = _title(body["title"])
+        fields["title"] = _storable(_title(body["title"]), "title")
     if "instructions" in body:
-        fields["instructions"] = _instructions(body["instructions"])
+        fields["instructions"] = _storable(_instructions(body["instructions"]), "instructions")
     if "model" in body:
         fields["model"] = None if body["model"] is None else _model(body["model"], config)
     return fields
@@ -105,6 +107,13 @@ def _text(value: str, field: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ApiError(f"'{field}' contains invalid Unicode (a lone surrogate).") from None
+    return value
+
+
+def _storable(value: str | None, field: str) -> str | None:
+    """Text that is kept in the database, which (Postgres) cannot store the NUL character."""
+    if value is not None and "\x00" in value:
+        raise ApiError(f"'{field}' contains the NUL character (\\u0000), which cannot be stored.")
     return value
 
 

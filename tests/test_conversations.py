@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -613,3 +615,87 @@ def test_a_failure_while_storing_a_reply_is_logged_and_the_reply_still_sent(
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert record.getMessage() == "could not store how a reply ended"
     assert record.exc_info is not None
+
+
+# --- What a review found -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "sentence"),
+    [
+        (
+            "/api/conversations",
+            {"title": "a\x00b"},
+            "'title' contains the NUL character (\\u0000), which cannot be stored.",
+        ),
+        (
+            "/api/chat",
+            {"message": "my \x00 text"},
+            "'message' contains the NUL character (\\u0000), which cannot be stored.",
+        ),
+        (
+            "/api/chat/stream",
+            {"message": "hi", "instructions": "\x00"},
+            "'instructions' contains the NUL character (\\u0000), which cannot be stored.",
+        ),
+    ],
+)
+def test_text_a_database_cannot_store_is_400_in_a_conversation(
+    client: FlaskClient, fake_llm: FakeLLM, path: str, body: dict[str, str], sentence: str
+) -> None:
+    conversation_id = new_conversation(client)
+    if path != "/api/conversations":
+        body = {**body, "conversation_id": conversation_id}
+    response = client.post(path, json=body)
+    assert (response.status_code, response.get_json()) == (400, {"error": sentence})
+    assert fake_llm.calls == [] and messages(client, conversation_id) == []
+
+
+def test_a_reply_with_nul_is_stored_with_a_replacement(client: FlaskClient, fake_llm: FakeLLM) -> None:
+    fake_llm.deltas = ["a\x00", "b"]
+    conversation_id = new_conversation(client)
+    client.post("/api/chat", json={"conversation_id": conversation_id, "message": "go"})
+    assert messages(client, conversation_id)[-1]["content"] == "a\ufffdb"
+
+
+def test_a_rename_lands_on_the_row_as_it_is_now(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conversation_id = new_conversation(client)
+    found = turns.find(sessions(app), conversation_id, None)  # a snapshot from before the turn
+    client.post("/api/chat", json={"conversation_id": conversation_id, "message": "Plan a trip"})
+    monkeypatch.setattr(turns, "find", lambda *_: found)
+    response = client.patch(f"/api/conversations/{conversation_id}", json={"instructions": "Be brief."})
+    monkeypatch.undo()
+    assert response.get_json()["title"] == "Plan a trip"  # the turn's title is kept
+    client.delete(f"/api/conversations/{conversation_id}")
+    monkeypatch.setattr(turns, "find", lambda *_: found)  # a PATCH that raced the DELETE
+    response = client.patch(f"/api/conversations/{conversation_id}", json={"title": "back?"})
+    monkeypatch.undo()
+    assert response.status_code == 404
+    assert client.get(f"/api/conversations/{conversation_id}").status_code == 404  # not brought back
+
+
+def test_reads_take_no_write_lock_and_a_busy_database_is_a_503(
+    database: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.db.BUSY_TIMEOUT_S", 0.2)
+    client = create_app({"TESTING": True, "DEMO_DELAY_MS": "0"}).test_client()
+    conversation_id = new_conversation(client)
+    other = sqlite3.connect(database.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        started = time.monotonic()
+        assert client.get("/api/conversations").status_code == 200
+        assert client.get(f"/api/conversations/{conversation_id}").status_code == 200
+        assert time.monotonic() - started < 0.2  # readers never waited for the writer
+        response = client.post("/api/conversations", json={"title": "secret title"})
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert response.status_code == 503
+    assert response.get_json() == {"error": "The database is unavailable or busy; retry shortly."}
+    assert response.headers["Retry-After"] == "1"
+    [line] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert line.getMessage() == "the database failed: OperationalError" and line.exc_info is None
+    assert "secret title" not in caplog.text

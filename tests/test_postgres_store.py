@@ -170,3 +170,37 @@ def test_twenty_turns_at_once_in_twenty_conversations_are_all_stored(app: Flask,
             ("assistant", "complete"),
         ]
         assert messages[1]["content"] == reply
+
+
+def test_turns_started_together_in_one_conversation_let_exactly_one_through(postgres_url: str) -> None:
+    app = create_app({"TESTING": True, "DEMO_DELAY_MS": "30", "DATABASE_URL": postgres_url})
+    try:
+        client = app.test_client()
+        conversation_id = new_conversation(client)
+        start = threading.Barrier(5)
+
+        def turn(_: int) -> int:
+            start.wait()
+            body = {"conversation_id": conversation_id, "message": "Tell me about tides"}
+            return app.test_client().post("/api/chat/stream", json=body, buffered=True).status_code
+
+        for _ in range(3):
+            with ThreadPoolExecutor(max_workers=5) as pool:
+                statuses = sorted(pool.map(turn, range(5)))
+            assert statuses == [200, 409, 409, 409, 409]
+        replies = [m for m in stored(client, conversation_id)["messages"] if m["role"] == "assistant"]
+        assert [m["status"] for m in replies] == ["complete"] * 3
+    finally:
+        app.extensions["db"].kw["bind"].dispose()
+
+
+@pytest.mark.parametrize("conversation_id", ["%00", "a\x00b", "x" * 22 + "\x00", "1' OR '1'='1"])
+def test_hostile_ids_and_nul_are_404_or_400_never_500(client: FlaskClient, conversation_id: str) -> None:
+    real = new_conversation(client)
+    assert client.get(f"/api/conversations/{conversation_id}").status_code == 404
+    body = {"conversation_id": conversation_id, "message": "hi"}
+    assert client.post("/api/chat", json=body).status_code == 404
+    assert client.post("/api/conversations", json={"title": "a\x00b"}).status_code == 400
+    body = {"conversation_id": real, "message": "my \x00 text"}
+    assert client.post("/api/chat", json=body).status_code == 400
+    assert stored(client, real)["messages"] == []
