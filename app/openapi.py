@@ -25,6 +25,7 @@ USAGE = {
     ]
 }
 CONVERSATION = {"$ref": "#/components/schemas/Conversation"}
+NO_NUL = r"^[^\u0000]*$"  # stored text: Postgres cannot keep the NUL character
 
 
 @bp.get("/openapi.json")
@@ -370,8 +371,8 @@ def conversation_schemas(config: Mapping[str, Any]) -> dict[str, Any]:
         "ConversationFields": {
             "type": "object",
             "properties": {
-                "title": {"type": ["string", "null"], "maxLength": TITLE_CHARS},
-                "instructions": nullable_text,
+                "title": {"type": ["string", "null"], "maxLength": TITLE_CHARS, "pattern": NO_NUL},
+                "instructions": {"type": ["string", "null"], "pattern": NO_NUL},
                 "model": {"enum": [*config["ALLOWED_MODELS"], None]},
             },
         },
