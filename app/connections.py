@@ -38,6 +38,11 @@ def sending(holder: Holder) -> Iterator[None]:
         _sending.reset(token)
 
 
+def holder() -> Holder | None:
+    """Who takes hold of a request's connection now (``sending``), if anyone."""
+    return _sending.get()
+
+
 class Stream(httpcore2.NetworkStream):
     """One connection's stream: tells the sending reply its socket before each write."""
 
