@@ -39,8 +39,35 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Close idle connections at SIGTERM."""
+    """Close idle connections at SIGTERM; write each response chunk with one system call."""
     close_idle_connections_on_exit(worker)
+    send_writes_at_once()
+
+
+def send_writes_at_once():
+    """Make gunicorn's writes a plain ``send``, and ``sendall`` only for what it left over.
+
+    gevent's ``sendall`` asks the socket for its buffer size (``getsockopt(SO_SNDBUF)``)
+    before every write, to cut big data into pieces; a streamed reply's chunks are small,
+    and ``send`` takes them whole in one system call. A socket that is full waits in
+    ``send`` and then ``sendall`` as before: what the client receives is the same bytes.
+    """
+    from gunicorn import util
+
+    def write(sock, data, chunked=False):
+        if chunked:
+            if isinstance(data, str):
+                data = data.encode("utf-8")
+            data = b"%X\r\n%s\r\n" % (len(data), data)
+        sent = sock.send(data)
+        if sent < len(data):
+            sock.sendall(memoryview(data)[sent:])
+
+    def write_chunk(sock, data):
+        write(sock, data, chunked=True)
+
+    util.write = write
+    util.write_chunk = write_chunk
 
 
 def close_idle_connections_on_exit(worker):

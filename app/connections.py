@@ -2,8 +2,10 @@
 
 The SDK sends each request on a pooled connection, new or kept alive, and shows which one
 only with the response headers, which many gateways hold back until the first token. So
-the pool's network backend is wrapped: whichever connection writes a request while a reply
-is being sent hands its socket to that reply, and ``Reply.cancel()`` can shut it down.
+whichever connection writes a request while a reply is being sent hands its socket to that
+reply (``holder()``), and ``Reply.cancel()`` can shut it down. Direct connections are
+``transport.Transport``'s, which does so itself; for the environment's proxies, httpcore2's
+pools keep their network backend wrapped here.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ def sending(holder: Holder) -> Iterator[None]:
         yield
     finally:
         _sending.reset(token)
+
+
+def holder() -> Holder | None:
+    """Who takes hold of a request's connection now (``sending``), if anyone."""
+    return _sending.get()
 
 
 class Stream(httpcore2.NetworkStream):
