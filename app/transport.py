@@ -43,12 +43,13 @@ MAX_LINE_BYTES = 1 << 12  # a chunk's size line, or a trailer
 class Connection:
     """One socket to the server, with the bytes read past the current message."""
 
-    __slots__ = ("idle_since", "sock", "timeout")
+    __slots__ = ("idle_since", "live", "sock", "timeout")
 
-    def __init__(self, sock: socket.socket, timeout: float | None) -> None:
+    def __init__(self, sock: socket.socket, timeout: float | None, live: set[Connection]) -> None:
         self.sock = sock
         self.timeout = timeout
         self.idle_since = 0.0
+        self.live = live
 
     def settimeout(self, timeout: float | None) -> None:
         if timeout != self.timeout:
@@ -72,8 +73,17 @@ class Connection:
         return False  # the server closed it, or sent something nobody asked for
 
     def close(self) -> None:
+        self.live.discard(self)
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+class Unanswered(Exception):
+    """A kept-alive connection failed before any byte of an answer: the request may go again."""
+
+    def __init__(self, error: httpx2.HTTPError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Transport(httpx2.BaseTransport):
@@ -92,6 +102,7 @@ class Transport(httpx2.BaseTransport):
         self.keepalive_expiry = keepalive_expiry
         self.slots = threading.BoundedSemaphore(max_connections)  # connections in use
         self.idle: dict[tuple[bytes, bytes, int], collections.deque[Connection]] = {}
+        self.live: set[Connection] = set()  # every open connection, idle or in use: close() ends all
         self.closed = False
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -105,10 +116,42 @@ class Transport(httpx2.BaseTransport):
         if not self.slots.acquire(timeout=timeouts.get("pool")):
             raise httpx2.PoolTimeout("No connection came free in time.", request=request)
         try:
-            connection = self._take(key) or self._connect(key, timeouts.get("connect"), request)
+            connection = self._take(key)
+            reused = connection is not None
+            connection = connection or self._connect(key, timeouts.get("connect"), request)
         except BaseException:
             self.slots.release()
             raise
+        try:
+            return self._send(key, connection, request, timeouts, reused)
+        except Unanswered as unanswered:
+            # A kept-alive connection the server closed just as it was taken (its idle timeout
+            # racing ours): nothing of an answer came, so the request goes once more on a new one.
+            if getattr(connections.holder(), "cancelled", False):
+                raise unanswered.error from None  # the reply hung up: no new request for it
+        if not self.slots.acquire(timeout=timeouts.get("pool")):
+            raise httpx2.PoolTimeout("No connection came free in time.", request=request)
+        try:
+            connection = self._connect(key, timeouts.get("connect"), request)
+        except BaseException:
+            self.slots.release()
+            raise
+        try:
+            return self._send(key, connection, request, timeouts, reused=False)
+        except Unanswered as unanswered:  # only raised for a kept-alive connection
+            raise unanswered.error from None
+
+    def _send(
+        self,
+        key: tuple[bytes, bytes, int],
+        connection: Connection,
+        request: httpx2.Request,
+        timeouts: Any,
+        reused: bool,
+    ) -> httpx2.Response:
+        """Write the request on ``connection`` and read the response's head (Unanswered: a
+        kept-alive connection failed before any byte of an answer)."""
+        url = request.url
         body = Body(self, key, connection, request, timeouts.get("read"))
         try:
             holder = connections.holder()
@@ -126,6 +169,11 @@ class Transport(httpx2.BaseTransport):
             except OSError as error:
                 raise httpx2.WriteError(str(error) or type(error).__name__, request=request) from None
             status, reason, headers = body.read_head(request.method == "HEAD")
+        except (httpx2.WriteError, httpx2.ReadError, httpx2.RemoteProtocolError) as error:
+            body.close()
+            if reused and not body.received:
+                raise Unanswered(error) from None
+            raise
         except BaseException:
             body.close()
             raise
@@ -177,7 +225,9 @@ class Transport(httpx2.BaseTransport):
             raise httpx2.ConnectTimeout(str(error) or "connect timed out", request=request) from None
         except OSError as error:
             raise httpx2.ConnectError(str(error) or type(error).__name__, request=request) from None
-        return Connection(sock, timeout)
+        connection = Connection(sock, timeout, self.live)
+        self.live.add(connection)
+        return connection
 
     def _release(self, key: tuple[bytes, bytes, int], connection: Connection | None) -> None:
         """Give back a connection's slot; keep the connection for reuse when it is given."""
@@ -197,9 +247,9 @@ class Transport(httpx2.BaseTransport):
 
     def close(self) -> None:
         self.closed = True
-        for idle in self.idle.values():
-            while idle:
-                idle.pop().close()
+        self.idle.clear()
+        for connection in list(self.live):  # in use too, as httpcore2's pool does
+            connection.close()
 
 
 class Body(httpx2.SyncByteStream):
@@ -224,6 +274,7 @@ class Body(httpx2.SyncByteStream):
         self.reusable = False
         self.http11 = True
         self.done = False
+        self.received = False  # any byte of the answer
 
     def recv(self) -> bytes:
         connection = self.connection
@@ -231,7 +282,9 @@ class Body(httpx2.SyncByteStream):
             raise httpx2.ReadError("The response was closed.", request=self.request)
         connection.settimeout(self.read_timeout)
         try:
-            return connection.sock.recv(READ_SIZE)
+            data = connection.sock.recv(READ_SIZE)
+            self.received = self.received or bool(data)
+            return data
         except TimeoutError as error:
             raise httpx2.ReadTimeout(str(error) or "read timed out", request=self.request) from None
         except OSError as error:
