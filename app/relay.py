@@ -30,12 +30,36 @@ REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never f
 WATCH_POLL_MS = 1000  # how long a finished relay's client watcher may linger
 QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client (also the first one, for both framings)
 HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before checking the reply
+# A reply whose upstream always has data and whose client always has room never waits, so
+# under gevent it never lets the worker's other greenlets run: their timers (the upstream
+# timeout) expire meanwhile. After this long relaying without a wait, it lets them run.
+SLICE_S = 0.002
+WAITED_S = 0.001  # a longer gap between two deltas was a wait: the others ran meanwhile
 
 
 class Source(Iterable[Delta], Protocol):
     """What a model's ``stream()`` returns: deltas to iterate, and a way to end them."""
 
     def close(self) -> None: ...
+
+
+class TimeSlice:
+    """Lets the other greenlets run once a loop has gone on for SLICE_S without waiting."""
+
+    __slots__ = ("last", "since")
+
+    def __init__(self) -> None:
+        self.since = self.last = time.perf_counter()
+
+    def tick(self) -> None:
+        """Call once per delta; yields to the others when this loop's slice is spent."""
+        now = time.perf_counter()
+        if now - self.last > WAITED_S:
+            self.since = now
+        elif now - self.since > SLICE_S:
+            time.sleep(0)  # the gevent worker patches it: a switch to the hub, which runs the others
+            now = self.since = time.perf_counter()
+        self.last = now
 
 
 class Relay:
@@ -235,7 +259,9 @@ class Relay:
         item = self._first
         if item is SILENT:
             item = self._next_queued()
+        fair = TimeSlice()
         while True:
+            fair.tick()
             if type(item) is str:
                 self._count(item)
                 yield item
@@ -308,7 +334,9 @@ class Relay:
             yield event({"type": "metadata", **self.metadata})
             if item is SILENT:
                 item = self._wait(items)
+            fair = TimeSlice()
             while True:
+                fair.tick()
                 if type(item) is str:
                     self._count(item)
                     yield event({"type": "token", "content": item})
@@ -347,8 +375,10 @@ class Relay:
         the request's own greenlet (no hand-over per delta).
         """
         keep_source = False
+        fair = TimeSlice()
         try:
             for item in self.deltas:
+                fair.tick()
                 more = type(item) is str or type(item) is Reasoning
                 if more and not keep_reading:
                     if self.finished:

@@ -4,6 +4,7 @@ import os
 import socket
 import threading
 import time
+import types
 from collections.abc import Generator
 
 import pytest
@@ -334,3 +335,31 @@ def test_a_reply_closed_before_its_late_first_delta_still_closes_the_source(fram
     assert not closed.is_set()  # the opener is still reading: it must close the source itself
     speak.set()
     assert closed.wait(1.0)
+
+
+@pytest.mark.parametrize(("gap_s", "switches"), [(0.0001, 3), (0.01, 0)], ids=["unpaced", "paced"])
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
+def test_a_reply_that_never_waits_lets_the_others_run(
+    monkeypatch: pytest.MonkeyPatch, framing: str, gap_s: float, switches: int
+) -> None:
+    clock = [0.0]
+    sleeps: list[float] = []
+    fake_time = types.SimpleNamespace(
+        perf_counter=lambda: clock[0], monotonic=time.monotonic, sleep=sleeps.append
+    )
+    monkeypatch.setattr("app.relay.time", fake_time)
+
+    def model() -> Generator[Delta]:
+        for _ in range(80):  # 8 ms of unpaced deltas, or 800 ms of paced ones
+            clock[0] += gap_s
+            yield "x"
+        yield Usage(1, 80)
+
+    relay = Relay(model(), started=0.0, framing=framing)
+    relay.open()
+    if framing == "json":
+        assert relay.text() == "x" * 80
+    else:
+        list(relay)
+    # Every 2 ms without a wait (in SSE, the pump and the body each count); never when paced.
+    assert (len(sleeps) >= switches if switches else not sleeps) and set(sleeps) <= {0}
