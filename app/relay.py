@@ -8,26 +8,21 @@ from __future__ import annotations
 
 import _thread
 import contextlib
-import json
 import logging
 import queue
-import select
 import socket
-import struct
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
-import orjson
-
+from . import hangup, sse
 from .errors import ClientGone, UpstreamError
-from .llm import Delta, Reasoning, Usage
+from .stream import Delta, Reasoning, Source, Usage
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
 REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
-WATCH_POLL_MS = 1000  # how long a finished relay's client watcher may linger
 QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client (also the first one, for both framings)
 HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before checking the reply
 # A reply whose upstream always has data and whose client always has room never waits, so
@@ -35,12 +30,6 @@ HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before c
 # timeout) expire meanwhile. After this long relaying without a wait, it lets them run.
 SLICE_S = 0.002
 WAITED_S = 0.001  # a longer gap between two deltas was a wait: the others ran meanwhile
-
-
-class Source(Iterable[Delta], Protocol):
-    """What a model's ``stream()`` returns: deltas to iterate, and a way to end them."""
-
-    def close(self) -> None: ...
 
 
 class TimeSlice:
@@ -100,14 +89,11 @@ class Relay:
         self._items: queue.Queue[Delta | BaseException] | None = None  # what that greenlet read
         self._handed_at: float | None = None  # when the server took a chunk it has not yet written
         self._closed = False
+        self._source_closed = False
 
     def watch(self, client: socket.socket) -> None:
-        """Hang up on the model as soon as the client hangs up, even while the model is silent.
-
-        Under gevent the thread is a greenlet. Without this, a departure is seen only when
-        a write fails, which during a long silence is never.
-        """
-        _thread.start_new_thread(self._watch, (client,))
+        """Hang up on the model as soon as the client hangs up (see ``hangup``)."""
+        hangup.start(client, self)
 
     def open(self, wait_s: float | None = None) -> None:
         """Wait for the first delta, so a failure before it raises while a status can still be sent.
@@ -121,7 +107,7 @@ class Relay:
             except StopIteration:
                 self._first = None
             except BaseException as error:
-                self.source.close()
+                self._close_source()
                 raise self._opening_failed(error) from None
             return
         self._items = queue.Queue(maxsize=QUEUED_DELTAS)
@@ -150,7 +136,7 @@ class Relay:
         except BaseException as error:
             raise self._opening_failed(error) from None
         finally:
-            self.source.close()
+            self._close_source()
         self._end("complete")
         self._handed_at = time.monotonic()  # the server writes it once the view returns
         return repaired(reply)
@@ -169,13 +155,12 @@ class Relay:
         self.finished = True
         if self._body is not None:
             self._body.close()
-        if self._pumping:
-            # The pump owns the source and closes it; unblock it unless the reply is complete
-            # (then it may be draining the body's end, to keep the connection for reuse).
-            if self.outcome != "complete":
-                self._cancel()
-        else:
-            self.source.close()
+        if not self._pumping:
+            self._close_source()
+        elif self.outcome != "complete":
+            # Unblock the pump (unless the reply is complete: then it may be draining the
+            # body's end, to keep the connection for reuse); it closes the source as it stops.
+            self._cancel()
         self._report()  # a departure, if nothing ended the reply before
 
     def reply_text(self) -> str:
@@ -198,32 +183,20 @@ class Relay:
             # The reply itself still reaches the client; the operator must hear of the loss.
             log.exception("could not store how a reply ended")
 
-    def _watch(self, client: socket.socket) -> None:
-        try:
-            # poll, not select: select() cannot take descriptors past 1023, which a busy worker has.
-            poller = select.poll()
-            poller.register(client, select.POLLIN)  # fails if the client already left and it closed
-            while not self._over():
-                if poller.poll(WATCH_POLL_MS):
-                    if self._over():
-                        return  # the server reads the connection's next request now: hands off
-                    if not client.recv(1, socket.MSG_PEEK):
-                        break  # the end of the client's stream: it closed the connection
-                    # It sent more (a pipelined request): a hang-up no longer shows, a stall does.
-                    poller.unregister(client)
-                if self._stalled():
-                    self.reason = "client_stalled"
-                    drop(client)
-                    break
-            else:
-                return
-        except ConnectionResetError:
-            pass
-        except (OSError, ValueError):
-            # The socket closed after the reply, or something unforeseen. Only a sure hang-up
-            # may end a reply early; any other departure shows at the next write.
-            return
-        if self._over():
+    def over(self) -> bool:
+        """Is the reply ended and written (as far as the server tells)?"""
+        return self.finished and self._handed_at is None
+
+    def stalled(self) -> bool:
+        """Has the server been writing one chunk for longer than the client may take?"""
+        handed_at = self._handed_at
+        return handed_at is not None and time.monotonic() - handed_at > self.write_timeout_s
+
+    def hung_up(self, reason: str | None) -> None:
+        """The watcher saw the client leave: end the upstream, and wake whoever waits on it."""
+        if reason:
+            self.reason = reason
+        if self.over():
             return  # the reply went out whole just before the client left
         self.client_gone = True
         self.outcome = "disconnected"
@@ -232,15 +205,6 @@ class Relay:
             with contextlib.suppress(queue.Full):
                 self._items.put_nowait(ClientGone())
 
-    def _over(self) -> bool:
-        """Is the reply ended and written (as far as the server tells)?"""
-        return self.finished and self._handed_at is None
-
-    def _stalled(self) -> bool:
-        """Has the server been writing one chunk for longer than the client may take?"""
-        handed_at = self._handed_at
-        return handed_at is not None and time.monotonic() - handed_at > self.write_timeout_s
-
     def _timed(self, body: Generator[bytes]) -> Generator[bytes]:
         """Note when each chunk goes to the server: it asks for the next once it wrote this one."""
         with contextlib.closing(body):
@@ -248,6 +212,18 @@ class Relay:
                 self._handed_at = time.monotonic()
                 yield chunk
                 self._handed_at = None
+
+    def _close_source(self) -> None:
+        """Close the model's stream, once; only from the greenlet that reads it.
+
+        That is the pump while it reads (a generator cannot be closed from another greenlet
+        while it runs: close() only cancels it then), else the request's greenlet: ``text()``
+        once it has read it all, or ``close()``, which the server calls at the end or when
+        the client left. Every other way out ends in one of these.
+        """
+        if not self._source_closed:
+            self._source_closed = True
+            self.source.close()
 
     def _cancel(self) -> None:
         cancel = getattr(self.source, "cancel", None)
@@ -320,9 +296,6 @@ class Relay:
             message = self._failed(error)
             if message:
                 yield f"\n[error: {message}]".encode()
-        finally:
-            if not self._pumping:  # else the opener still reads the source, and closes it
-                self.source.close()
 
     def _events(self) -> Generator[bytes]:
         """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
@@ -331,7 +304,7 @@ class Relay:
         assert items is not None
         item: Delta | BaseException = self._first
         try:
-            yield event({"type": "metadata", **self.metadata})
+            yield sse.frame({"type": "metadata", **self.metadata})
             if item is SILENT:
                 item = self._wait(items)
             fair = TimeSlice()
@@ -339,25 +312,25 @@ class Relay:
                 fair.tick()
                 if type(item) is str:
                     self._count(item)
-                    yield event({"type": "token", "content": item})
+                    yield sse.frame({"type": "token", "content": item})
                 elif type(item) is Reasoning:
                     self.reasoning_chars += len(item)
-                    yield event({"type": "reasoning", "content": str(item)})
+                    yield sse.frame({"type": "reasoning", "content": str(item)})
                 elif isinstance(item, BaseException):
                     raise item
                 elif item is not PING:
                     self.usage = item if isinstance(item, Usage) else None
                     usage = self.usage.as_dict() if self.usage else None
                     self._end("complete")  # stored before the client hears that it is done
-                    yield event({"type": "done", "usage": usage})
+                    yield sse.frame({"type": "done", "usage": usage})
                     return
                 else:
-                    yield b": ping\n\n"
+                    yield sse.PING
                 item = self._wait(items)
         except Exception as error:
             message = self._failed(error)
             if message:
-                yield event({"type": "error", "message": message})
+                yield sse.frame({"type": "error", "message": message})
         finally:
             self.finished = True
 
@@ -394,7 +367,7 @@ class Relay:
             self._hand_over(items, error)
         finally:
             if not keep_source:
-                self.source.close()
+                self._close_source()
 
     def _hand_over(self, items: queue.Queue[Delta | BaseException], item: Delta | BaseException) -> bool:
         """Queue ``item`` once there is room; False if the reply ended meanwhile."""
@@ -407,29 +380,12 @@ class Relay:
         return False
 
 
-def drop(client: socket.socket) -> None:
-    """Reset a client that takes nothing: the server's waiting write fails at once, and the
-    kernel keeps no unsent reply for it."""
-    with contextlib.suppress(OSError):
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.shutdown(socket.SHUT_RDWR)
-
-
 class _Ping:
     """The marker for a silence longer than the ping interval."""
 
 
 PING: Any = _Ping()
 SILENT: Any = _Ping()  # the first delta had not come when the response started
-
-
-def event(data: dict[str, Any]) -> bytes:
-    """One SSE event, its JSON in UTF-8 (escaped only for a lone surrogate, which orjson
-    refuses: the escaped halves of a pair split across deltas join again in the browser)."""
-    try:
-        return b"data: " + orjson.dumps(data) + b"\n\n"
-    except TypeError:
-        return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
 def repaired(text: str) -> str:

@@ -11,8 +11,8 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.errors import UpstreamError
-from app.llm import Delta, Usage
 from app.settings import DEFAULTS
+from app.stream import Delta, Usage
 from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script

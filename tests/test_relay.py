@@ -9,9 +9,10 @@ from collections.abc import Generator
 
 import pytest
 
+from app import hangup
 from app.errors import ClientGone, UpstreamError
-from app.llm import Delta, Reasoning, Usage
 from app.relay import Relay, utf8
+from app.stream import Delta, Reasoning, Usage
 
 
 @pytest.mark.parametrize(
@@ -115,11 +116,11 @@ def test_the_watcher_leaves_a_client_that_sends_more_alone() -> None:
 
 
 def test_the_watcher_stops_when_the_reply_is_over(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.relay.WATCH_POLL_MS", 50)
+    monkeypatch.setattr("app.hangup.POLL_MS", 50)
     server_side, client_side = socket.socketpair()
     source = Cancellable("a")
     relay = Relay(source, started=0.0)
-    watcher = threading.Thread(target=relay._watch, args=(server_side,), daemon=True)  # what watch() starts
+    watcher = threading.Thread(target=hangup.watch, args=(server_side, relay), daemon=True)
     watcher.start()
     relay.open()
     assert list(relay) == [b"a"]
@@ -184,7 +185,7 @@ def test_an_unforeseen_error_is_not_taken_for_a_hang_up() -> None:
 def test_a_client_that_takes_nothing_is_dropped_like_one_that_left(
     monkeypatch: pytest.MonkeyPatch, framing: str
 ) -> None:
-    monkeypatch.setattr("app.relay.WATCH_POLL_MS", 50)
+    monkeypatch.setattr("app.hangup.POLL_MS", 50)
     server_side, client_side = socket.socketpair()
     source = Cancellable("a", "b", "c")
     relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
@@ -206,7 +207,7 @@ def test_a_client_that_takes_nothing_is_dropped_like_one_that_left(
 
 
 def test_a_client_that_takes_each_chunk_in_time_is_not_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.relay.WATCH_POLL_MS", 50)
+    monkeypatch.setattr("app.hangup.POLL_MS", 50)
     server_side, client_side = socket.socketpair()
     source = Cancellable(*"abcdef")
     relay = Relay(source, started=0.0, write_timeout_s=0.3)
@@ -229,7 +230,7 @@ def test_a_client_that_closed_before_the_watcher_started_is_no_crash() -> None:
     server_side.close()
     client_side.close()
     relay = Relay(Cancellable("a"), started=0.0)
-    relay._watch(server_side)  # what watch() runs: a closed socket ends it quietly
+    hangup.watch(server_side, relay)  # a closed socket ends it quietly
     assert not relay.client_gone
 
 
