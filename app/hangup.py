@@ -13,6 +13,8 @@ import contextlib
 import select
 import socket
 import struct
+import time
+from collections.abc import Generator
 from typing import Protocol
 
 POLL_MS = 1000  # how long a finished reply's watcher may linger
@@ -32,6 +34,29 @@ class Watched(Protocol):
     def hung_up(self, reason: str | None) -> None:
         """The client left (``reason``: why, when it did not just close the connection)."""
         ...
+
+
+class Writes:
+    """When the server took a chunk it has not yet written: it asks for the next once it wrote one."""
+
+    __slots__ = ("handed_at", "timeout_s")
+
+    def __init__(self, timeout_s: float) -> None:
+        self.handed_at: float | None = None
+        self.timeout_s = timeout_s
+
+    def timed(self, body: Generator[bytes]) -> Generator[bytes]:
+        """``body``, noting when each chunk goes to the server."""
+        with contextlib.closing(body):
+            for chunk in body:
+                self.handed_at = time.monotonic()
+                yield chunk
+                self.handed_at = None
+
+    def stalled(self) -> bool:
+        """Has the server been writing one chunk for longer than the client may take?"""
+        handed_at = self.handed_at
+        return handed_at is not None and time.monotonic() - handed_at > self.timeout_s
 
 
 def start(client: socket.socket, reply: Watched) -> None:

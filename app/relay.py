@@ -6,8 +6,6 @@ calls ``close()`` when the last byte went out or the client left.
 
 from __future__ import annotations
 
-import _thread
-import contextlib
 import logging
 import queue
 import socket
@@ -17,38 +15,12 @@ from typing import Any
 
 from . import hangup, sse
 from .errors import ClientGone, UpstreamError
-from .stream import Delta, Reasoning, Source, Usage
+from .pump import PING, SILENT, Pump
+from .stream import REPLACEMENT, Delta, Reasoning, Source, TimeSlice, Usage, repaired, utf8
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
-REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
-QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client (also the first one, for both framings)
-HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before checking the reply
-# A reply whose upstream always has data and whose client always has room never waits, so
-# under gevent it never lets the worker's other greenlets run: their timers (the upstream
-# timeout) expire meanwhile. After this long relaying without a wait, it lets them run.
-SLICE_S = 0.002
-WAITED_S = 0.001  # a longer gap between two deltas was a wait: the others ran meanwhile
-
-
-class TimeSlice:
-    """Lets the other greenlets run once a loop has gone on for SLICE_S without waiting."""
-
-    __slots__ = ("last", "since")
-
-    def __init__(self) -> None:
-        self.since = self.last = time.perf_counter()
-
-    def tick(self) -> None:
-        """Call once per delta; yields to the others when this loop's slice is spent."""
-        now = time.perf_counter()
-        if now - self.last > WAITED_S:
-            self.since = now
-        elif now - self.since > SLICE_S:
-            time.sleep(0)  # the gevent worker patches it: a switch to the hub, which runs the others
-            now = self.since = time.perf_counter()
-        self.last = now
 
 
 class Relay:
@@ -67,7 +39,6 @@ class Relay:
         self.source = source
         self.framing = framing  # "text" or "sse" for the stream route, "json" for /api/chat
         self.ping_s = ping_s
-        self.write_timeout_s = write_timeout_s
         self.deltas: Iterator[Delta] = iter(source)
         self.started = started
         self.ttft_ms: float | None = None
@@ -85,9 +56,8 @@ class Relay:
         self._texts_kept: list[str] | None = [] if on_end else None
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
-        self._pumping = False  # a greenlet of ours is reading the source
-        self._items: queue.Queue[Delta | BaseException] | None = None  # what that greenlet read
-        self._handed_at: float | None = None  # when the server took a chunk it has not yet written
+        self._pump: Pump | None = None  # SSE, and plain text's first delta: read in a greenlet of its own
+        self.writes = hangup.Writes(write_timeout_s)
         self._closed = False
         self._source_closed = False
 
@@ -107,14 +77,12 @@ class Relay:
             except StopIteration:
                 self._first = None
             except BaseException as error:
-                self._close_source()
+                self.close_source()
                 raise self._opening_failed(error) from None
             return
-        self._items = queue.Queue(maxsize=QUEUED_DELTAS)
-        self._pumping = True
-        _thread.start_new_thread(self._pump, (self._items, self.framing == "sse"))
+        self._pump = Pump(self, keep_reading=self.framing == "sse")
         try:
-            item = self._items.get(timeout=wait_s)
+            item = self._pump.get(wait_s)
         except queue.Empty:
             self._first = SILENT  # the response starts before the model has said anything
             return
@@ -136,13 +104,13 @@ class Relay:
         except BaseException as error:
             raise self._opening_failed(error) from None
         finally:
-            self._close_source()
+            self.close_source()
         self._end("complete")
-        self._handed_at = time.monotonic()  # the server writes it once the view returns
+        self.writes.handed_at = time.monotonic()  # the server writes it once the view returns
         return repaired(reply)
 
     def __iter__(self) -> Iterator[bytes]:
-        self._body = self._timed(self._events() if self.framing == "sse" else self._plain())
+        self._body = self.writes.timed(self._events() if self.framing == "sse" else self._plain())
         return self._body
 
     def close(self) -> None:
@@ -151,12 +119,12 @@ class Relay:
         if self._closed:
             return
         self._closed = True
-        self._handed_at = None
+        self.writes.handed_at = None
         self.finished = True
         if self._body is not None:
             self._body.close()
-        if not self._pumping:
-            self._close_source()
+        if self._pump is None or not self._pump.reading:
+            self.close_source()
         elif self.outcome != "complete":
             # Unblock the pump (unless the reply is complete: then it may be draining the
             # body's end, to keep the connection for reuse); it closes the source as it stops.
@@ -185,12 +153,11 @@ class Relay:
 
     def over(self) -> bool:
         """Is the reply ended and written (as far as the server tells)?"""
-        return self.finished and self._handed_at is None
+        return self.finished and self.writes.handed_at is None
 
     def stalled(self) -> bool:
         """Has the server been writing one chunk for longer than the client may take?"""
-        handed_at = self._handed_at
-        return handed_at is not None and time.monotonic() - handed_at > self.write_timeout_s
+        return self.writes.stalled()
 
     def hung_up(self, reason: str | None) -> None:
         """The watcher saw the client leave: end the upstream, and wake whoever waits on it."""
@@ -201,19 +168,10 @@ class Relay:
         self.client_gone = True
         self.outcome = "disconnected"
         self._cancel()
-        if self._items is not None:  # wake a wait for the opener or the pump at once
-            with contextlib.suppress(queue.Full):
-                self._items.put_nowait(ClientGone())
+        if self._pump is not None:  # wake a wait for the opener or the pump at once
+            self._pump.wake(ClientGone())
 
-    def _timed(self, body: Generator[bytes]) -> Generator[bytes]:
-        """Note when each chunk goes to the server: it asks for the next once it wrote this one."""
-        with contextlib.closing(body):
-            for chunk in body:
-                self._handed_at = time.monotonic()
-                yield chunk
-                self._handed_at = None
-
-    def _close_source(self) -> None:
+    def close_source(self) -> None:
         """Close the model's stream, once; only from the greenlet that reads it.
 
         That is the pump while it reads (a generator cannot be closed from another greenlet
@@ -234,7 +192,8 @@ class Relay:
         """The answer's text deltas, counted; reasoning is counted and left out."""
         item = self._first
         if item is SILENT:
-            item = self._next_queued()
+            assert self._pump is not None
+            item = self._pump.first()
         fair = TimeSlice()
         while True:
             fair.tick()
@@ -250,14 +209,6 @@ class Relay:
                 item = next(self.deltas)
             except StopIteration:
                 return
-
-    def _next_queued(self) -> Delta:
-        """The first delta, from the opener, once it has read it."""
-        assert self._items is not None
-        item = self._items.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
 
     def _failed(self, error: Exception) -> str | None:
         """Record a failure after the start; the sentence to send, or None when nobody listens."""
@@ -299,14 +250,13 @@ class Relay:
 
     def _events(self) -> Generator[bytes]:
         """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
-        # Bounded: while the client is behind, the pump waits and the upstream is held back.
-        items = self._items
-        assert items is not None
+        pump = self._pump
+        assert pump is not None
         item: Delta | BaseException = self._first
         try:
             yield sse.frame({"type": "metadata", **self.metadata})
             if item is SILENT:
-                item = self._wait(items)
+                item = pump.next(self.ping_s)
             fair = TimeSlice()
             while True:
                 fair.tick()
@@ -326,86 +276,10 @@ class Relay:
                     return
                 else:
                     yield sse.PING
-                item = self._wait(items)
+                item = pump.next(self.ping_s)
         except Exception as error:
             message = self._failed(error)
             if message:
                 yield sse.frame({"type": "error", "message": message})
         finally:
             self.finished = True
-
-    def _wait(self, items: queue.Queue[Delta | BaseException]) -> Delta | BaseException:
-        """The next item, or PING after a silence of ``ping_s``."""
-        item: Delta | BaseException = PING
-        with contextlib.suppress(queue.Empty):
-            item = items.get(timeout=self.ping_s)
-        return item
-
-    def _pump(self, items: queue.Queue[Delta | BaseException], keep_reading: bool) -> None:
-        """Read the upstream into ``items`` in a greenlet of its own, so a silence can be timed.
-
-        SSE reads it all here; plain text only its first delta, then the body reads on in
-        the request's own greenlet (no hand-over per delta).
-        """
-        keep_source = False
-        fair = TimeSlice()
-        try:
-            for item in self.deltas:
-                fair.tick()
-                more = type(item) is str or type(item) is Reasoning
-                if more and not keep_reading:
-                    if self.finished:
-                        return  # the reply ended while the model was silent: close it here
-                    # From here the body reads the source on, and it or close() closes it.
-                    self._pumping, keep_source = False, True
-                    self._hand_over(items, item)
-                    return
-                if not self._hand_over(items, item) or not more:
-                    return
-            self._hand_over(items, None)  # the model stopped without a last item: no usage
-        except BaseException as error:
-            self._hand_over(items, error)
-        finally:
-            if not keep_source:
-                self._close_source()
-
-    def _hand_over(self, items: queue.Queue[Delta | BaseException], item: Delta | BaseException) -> bool:
-        """Queue ``item`` once there is room; False if the reply ended meanwhile."""
-        while not self.finished:
-            try:
-                items.put(item, timeout=HAND_OVER_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-
-class _Ping:
-    """The marker for a silence longer than the ping interval."""
-
-
-PING: Any = _Ping()
-SILENT: Any = _Ping()  # the first delta had not come when the response started
-
-
-def repaired(text: str) -> str:
-    """The text as the stream route sends it: a lone half of a surrogate pair becomes U+FFFD."""
-    data, carry = utf8(text)
-    return data.decode() + ("\ufffd" if carry else "")
-
-
-def utf8(text: str) -> tuple[bytes, str]:
-    """Encode text as UTF-8 that is valid on its own.
-
-    A delta can end inside a UTF-16 surrogate pair (some servers slice strings that way):
-    the high half is held back as the carry for the next delta; a lone half becomes U+FFFD.
-    """
-    try:
-        return text.encode(), ""
-    except UnicodeEncodeError:
-        pass
-    carry = ""
-    if "\ud800" <= text[-1] <= "\udbff":
-        text, carry = text[:-1], text[-1]
-    paired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return paired.encode("utf-8", "replace"), carry
