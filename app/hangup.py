@@ -27,9 +27,7 @@ class Watched(Protocol):
         """Is the reply ended and written (as far as the server tells)?"""
         ...
 
-    def stalled(self) -> bool:
-        """Has the server been writing one chunk for longer than the client may take?"""
-        ...
+    writes: Writes  # the chunk the server is writing, if any
 
     def hung_up(self, reason: str | None) -> None:
         """The client left (``reason``: why, when it did not just close the connection)."""
@@ -80,7 +78,7 @@ def watch(client: socket.socket, reply: Watched) -> str:
                     break  # the end of the client's stream: it closed the connection
                 # It sent more (a pipelined request): a hang-up no longer shows, a stall does.
                 poller.unregister(client)
-            if reply.stalled():
+            if reply.writes.stalled():
                 reason = "client_stalled"
                 drop(client)
                 break

@@ -44,19 +44,15 @@ class Pump:
         self.reading = True  # the pump reads the source, so only it may close it
         _thread.start_new_thread(self._run, (keep_reading,))
 
-    def get(self, timeout: float | None = None) -> Delta | BaseException:
-        """The next item (a failure comes as its exception); ``queue.Empty`` after ``timeout``."""
-        return self.items.get(timeout=timeout)
-
-    def first(self) -> Delta:
-        """The first item, once the opener's wait for it has run out; a failure raises."""
-        item = self.items.get()
-        if isinstance(item, BaseException):
-            raise item
+    def first(self, wait_s: float | None) -> Delta | BaseException:
+        """The first item, or SILENT when none came within ``wait_s``."""
+        item: Delta | BaseException = SILENT
+        with contextlib.suppress(queue.Empty):
+            item = self.items.get(timeout=wait_s)
         return item
 
-    def next(self, ping_s: float) -> Delta | BaseException:
-        """The next item, or PING after a silence of ``ping_s``."""
+    def next(self, ping_s: float | None = None) -> Delta | BaseException:
+        """The next item (a failure comes as its exception), or PING after a silence of ``ping_s``."""
         item: Delta | BaseException = PING
         with contextlib.suppress(queue.Empty):
             item = self.items.get(timeout=ping_s)

@@ -7,8 +7,6 @@ calls ``close()`` when the last byte went out or the client left.
 from __future__ import annotations
 
 import logging
-import queue
-import socket
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -61,10 +59,6 @@ class Relay:
         self._closed = False
         self._source_closed = False
 
-    def watch(self, client: socket.socket) -> None:
-        """Hang up on the model as soon as the client hangs up (see ``hangup``)."""
-        hangup.start(client, self)
-
     def open(self, wait_s: float | None = None) -> None:
         """Wait for the first delta, so a failure before it raises while a status can still be sent.
 
@@ -81,11 +75,7 @@ class Relay:
                 raise self._opening_failed(error) from None
             return
         self._pump = Pump(self, keep_reading=self.framing == "sse")
-        try:
-            item = self._pump.get(wait_s)
-        except queue.Empty:
-            self._first = SILENT  # the response starts before the model has said anything
-            return
+        item = self._pump.first(wait_s)  # SILENT: the response starts all the same
         if isinstance(item, BaseException):
             raise self._opening_failed(item) from None
         self._first = item
@@ -155,10 +145,6 @@ class Relay:
         """Is the reply ended and written (as far as the server tells)?"""
         return self.finished and self.writes.handed_at is None
 
-    def stalled(self) -> bool:
-        """Has the server been writing one chunk for longer than the client may take?"""
-        return self.writes.stalled()
-
     def hung_up(self, reason: str | None) -> None:
         """The watcher saw the client leave: end the upstream, and wake whoever waits on it."""
         if reason:
@@ -190,10 +176,10 @@ class Relay:
 
     def _texts(self) -> Iterator[str]:
         """The answer's text deltas, counted; reasoning is counted and left out."""
-        item = self._first
+        item: Delta | BaseException = self._first
         if item is SILENT:
             assert self._pump is not None
-            item = self._pump.first()
+            item = self._pump.next()  # the opener stopped waiting for it: wait on here
         fair = TimeSlice()
         while True:
             fair.tick()
@@ -202,6 +188,8 @@ class Relay:
                 yield item
             elif type(item) is Reasoning:
                 self.reasoning_chars += len(item)
+            elif isinstance(item, BaseException):
+                raise item
             else:
                 self.usage = item if isinstance(item, Usage) else None
                 return  # the usage (or None) is the last item: the reply is over
