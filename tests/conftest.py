@@ -17,8 +17,7 @@ from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script
 from .postgres import PostgresServer, PostgresUnavailable
-
-SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
+from .support import SECRET_KEY
 
 
 @pytest.fixture(autouse=True)

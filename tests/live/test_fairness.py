@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ..bench.load import Result, fetch, post
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Result, Script, fetch, post
 
 BURST = ["x"] * 20_000  # one reply as fast as the network allows (a fast model, a cache)
 
@@ -49,6 +46,7 @@ def test_unpaced_replies_hold_up_no_other_request(upstream_server: FakeUpstream)
         others, answered, bursts = asyncio.run(run())
     finally:
         server.stop()
+        upstream_server.reset()
     assert [(r.status, r.body) for r in others] == [(200, b"Hello, world!")] * 20
     assert [(r.status, r.body) for r in bursts] == [(200, "".join(BURST).encode())] * 20
     # The new requests were answered while the bursts went on, not after them.
