@@ -162,8 +162,8 @@ class Relay:
 
         That is the pump while it reads (a generator cannot be closed from another greenlet
         while it runs: close() only cancels it then), else the request's greenlet: ``text()``
-        once it has read it all, or ``close()``, which the server calls at the end or when
-        the client left. Every other way out ends in one of these.
+        or the plain body once they have read it all, or ``close()``, which the server calls
+        at the end or when the client left. Every other way out ends in one of these.
         """
         if not self._source_closed:
             self._source_closed = True
@@ -235,6 +235,9 @@ class Relay:
             message = self._failed(error)
             if message:
                 yield f"\n[error: {message}]".encode()
+        finally:
+            if self._pump is None or not self._pump.reading:
+                self.close_source()  # read to its end here: released before the last write
 
     def _events(self) -> Generator[bytes]:
         """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
