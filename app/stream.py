@@ -1,4 +1,5 @@
-"""What a model's stream yields, and the two small interfaces every model (demo, OpenAI) offers."""
+"""What a model's stream yields, and the two small interfaces every model (demo, OpenAI) offers;
+with what every loop over a stream needs: a fair share of the worker, and UTF-8 valid on its own."""
 
 from __future__ import annotations
 
