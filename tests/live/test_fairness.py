@@ -49,6 +49,7 @@ def test_unpaced_replies_hold_up_no_other_request(upstream_server: FakeUpstream)
         upstream_server.reset()
     assert [(r.status, r.body) for r in others] == [(200, b"Hello, world!")] * 20
     assert [(r.status, r.body) for r in bursts] == [(200, "".join(BURST).encode())] * 20
-    # The new requests were answered while the bursts went on, not after them.
+    # The new requests were answered while the bursts went on, not after them: without the
+    # bursts letting the others run, none is still streaming by then (7 to 16 are, with it).
     still_streaming = sum(1 for at in ended if at > answered)
-    assert still_streaming >= 10, f"only {still_streaming} of 20 bursts were still streaming"
+    assert still_streaming >= 3, f"only {still_streaming} of 20 bursts were still streaming"
