@@ -10,6 +10,7 @@ from typing import Any
 from flask import Flask
 
 from .settings import DEFAULTS, load_settings
+from .stream import Model
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def open_database(url: str) -> Any:
     return db.sessions(engine)
 
 
-def build_llm(config: Mapping[str, Any]) -> Any:
+def build_llm(config: Mapping[str, Any]) -> Model:
     """The model the app talks to: OpenAI (or a compatible server), or the demo model."""
     if config["PROVIDER"] == "openai":
         from .llm import OpenAILLM

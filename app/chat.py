@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
-from . import turns
+from . import hangup, turns
 from .body import read_body
 from .relay import Relay
 from .validation import conversation_ref, parse_chat, read_json
@@ -89,7 +89,7 @@ def start_relay(framing: str) -> Relay:
         turn.keep_alive()  # from here on, the relay stores the reply however it ends
     client = request.environ.get("gunicorn.socket")
     if client is not None:
-        relay.watch(client)
+        hangup.start(client, relay)  # hang up on the model as soon as the client hangs up
     relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"])
     return relay
 

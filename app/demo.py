@@ -8,7 +8,7 @@ import time
 from collections.abc import Generator, Mapping
 from typing import Any
 
-from .llm import Delta, Usage
+from .stream import Delta, Usage
 from .validation import ChatRequest
 
 STOPWORDS = frozenset(
@@ -44,7 +44,7 @@ class DemoLLM:
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.delay = config["DEMO_DELAY_MS"] / 1000.0
 
-    def stream(self, chat: ChatRequest) -> Generator[Delta]:
+    def stream(self, chat: ChatRequest) -> Generator[Delta]:  # a generator is a Source
         """Yield the reply a word at a time (each with its leading space), then its Usage."""
         prompt = " ".join(turn["content"] for turn in chat.messages)
         words = compose(last_user_turn(chat)).split(" ")

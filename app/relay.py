@@ -6,36 +6,19 @@ calls ``close()`` when the last byte went out or the client left.
 
 from __future__ import annotations
 
-import _thread
-import contextlib
-import json
 import logging
-import queue
-import select
-import socket
-import struct
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
-import orjson
-
+from . import hangup, sse
 from .errors import ClientGone, UpstreamError
-from .llm import Delta, Reasoning, Usage
+from .pump import PING, SILENT, Pump
+from .stream import REPLACEMENT, Delta, Reasoning, Source, TimeSlice, Usage, repaired, utf8
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR = "The server hit an unexpected error."
-REPLACEMENT = "\ufffd".encode()  # stands for half a character the model never finished
-WATCH_POLL_MS = 1000  # how long a finished relay's client watcher may linger
-QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client (also the first one, for both framings)
-HAND_OVER_POLL_S = 0.5  # SSE: how long a pump may wait on a full queue before checking the reply
-
-
-class Source(Iterable[Delta], Protocol):
-    """What a model's ``stream()`` returns: deltas to iterate, and a way to end them."""
-
-    def close(self) -> None: ...
 
 
 class Relay:
@@ -54,7 +37,6 @@ class Relay:
         self.source = source
         self.framing = framing  # "text" or "sse" for the stream route, "json" for /api/chat
         self.ping_s = ping_s
-        self.write_timeout_s = write_timeout_s
         self.deltas: Iterator[Delta] = iter(source)
         self.started = started
         self.ttft_ms: float | None = None
@@ -72,18 +54,10 @@ class Relay:
         self._texts_kept: list[str] | None = [] if on_end else None
         self._first: Delta = None
         self._body: Generator[bytes] | None = None
-        self._pumping = False  # a greenlet of ours is reading the source
-        self._items: queue.Queue[Delta | BaseException] | None = None  # what that greenlet read
-        self._handed_at: float | None = None  # when the server took a chunk it has not yet written
+        self._pump: Pump | None = None  # SSE, and plain text's first delta: read in a greenlet of its own
+        self.writes = hangup.Writes(write_timeout_s)
         self._closed = False
-
-    def watch(self, client: socket.socket) -> None:
-        """Hang up on the model as soon as the client hangs up, even while the model is silent.
-
-        Under gevent the thread is a greenlet. Without this, a departure is seen only when
-        a write fails, which during a long silence is never.
-        """
-        _thread.start_new_thread(self._watch, (client,))
+        self._source_closed = False
 
     def open(self, wait_s: float | None = None) -> None:
         """Wait for the first delta, so a failure before it raises while a status can still be sent.
@@ -97,17 +71,11 @@ class Relay:
             except StopIteration:
                 self._first = None
             except BaseException as error:
-                self.source.close()
+                self.close_source()
                 raise self._opening_failed(error) from None
             return
-        self._items = queue.Queue(maxsize=QUEUED_DELTAS)
-        self._pumping = True
-        _thread.start_new_thread(self._pump, (self._items, self.framing == "sse"))
-        try:
-            item = self._items.get(timeout=wait_s)
-        except queue.Empty:
-            self._first = SILENT  # the response starts before the model has said anything
-            return
+        self._pump = Pump(self, keep_reading=self.framing == "sse")
+        item = self._pump.first(wait_s)  # SILENT: the response starts all the same
         if isinstance(item, BaseException):
             raise self._opening_failed(item) from None
         self._first = item
@@ -126,13 +94,13 @@ class Relay:
         except BaseException as error:
             raise self._opening_failed(error) from None
         finally:
-            self.source.close()
+            self.close_source()
         self._end("complete")
-        self._handed_at = time.monotonic()  # the server writes it once the view returns
+        self.writes.handed_at = time.monotonic()  # the server writes it once the view returns
         return repaired(reply)
 
     def __iter__(self) -> Iterator[bytes]:
-        self._body = self._timed(self._events() if self.framing == "sse" else self._plain())
+        self._body = self.writes.timed(self._events() if self.framing == "sse" else self._plain())
         return self._body
 
     def close(self) -> None:
@@ -141,17 +109,16 @@ class Relay:
         if self._closed:
             return
         self._closed = True
-        self._handed_at = None
+        self.writes.handed_at = None
         self.finished = True
         if self._body is not None:
             self._body.close()
-        if self._pumping:
-            # The pump owns the source and closes it; unblock it unless the reply is complete
-            # (then it may be draining the body's end, to keep the connection for reuse).
-            if self.outcome != "complete":
-                self._cancel()
-        else:
-            self.source.close()
+        if self._pump is None or not self._pump.reading:
+            self.close_source()
+        elif self.outcome != "complete":
+            # Unblock the pump (unless the reply is complete: then it may be draining the
+            # body's end, to keep the connection for reuse); it closes the source as it stops.
+            self._cancel()
         self._report()  # a departure, if nothing ended the reply before
 
     def reply_text(self) -> str:
@@ -174,56 +141,33 @@ class Relay:
             # The reply itself still reaches the client; the operator must hear of the loss.
             log.exception("could not store how a reply ended")
 
-    def _watch(self, client: socket.socket) -> None:
-        try:
-            # poll, not select: select() cannot take descriptors past 1023, which a busy worker has.
-            poller = select.poll()
-            poller.register(client, select.POLLIN)  # fails if the client already left and it closed
-            while not self._over():
-                if poller.poll(WATCH_POLL_MS):
-                    if self._over():
-                        return  # the server reads the connection's next request now: hands off
-                    if not client.recv(1, socket.MSG_PEEK):
-                        break  # the end of the client's stream: it closed the connection
-                    # It sent more (a pipelined request): a hang-up no longer shows, a stall does.
-                    poller.unregister(client)
-                if self._stalled():
-                    self.reason = "client_stalled"
-                    drop(client)
-                    break
-            else:
-                return
-        except ConnectionResetError:
-            pass
-        except (OSError, ValueError):
-            # The socket closed after the reply, or something unforeseen. Only a sure hang-up
-            # may end a reply early; any other departure shows at the next write.
-            return
-        if self._over():
+    def over(self) -> bool:
+        """Is the reply ended and written (as far as the server tells)?"""
+        return self.finished and self.writes.handed_at is None
+
+    def hung_up(self, reason: str | None) -> None:
+        """The watcher saw the client leave: end the upstream, and wake whoever waits on it."""
+        if reason:
+            self.reason = reason
+        if self.over():
             return  # the reply went out whole just before the client left
         self.client_gone = True
         self.outcome = "disconnected"
         self._cancel()
-        if self._items is not None:  # wake a wait for the opener or the pump at once
-            with contextlib.suppress(queue.Full):
-                self._items.put_nowait(ClientGone())
+        if self._pump is not None:  # wake a wait for the opener or the pump at once
+            self._pump.wake(ClientGone())
 
-    def _over(self) -> bool:
-        """Is the reply ended and written (as far as the server tells)?"""
-        return self.finished and self._handed_at is None
+    def close_source(self) -> None:
+        """Close the model's stream, once; only from the greenlet that reads it.
 
-    def _stalled(self) -> bool:
-        """Has the server been writing one chunk for longer than the client may take?"""
-        handed_at = self._handed_at
-        return handed_at is not None and time.monotonic() - handed_at > self.write_timeout_s
-
-    def _timed(self, body: Generator[bytes]) -> Generator[bytes]:
-        """Note when each chunk goes to the server: it asks for the next once it wrote this one."""
-        with contextlib.closing(body):
-            for chunk in body:
-                self._handed_at = time.monotonic()
-                yield chunk
-                self._handed_at = None
+        That is the pump while it reads (a generator cannot be closed from another greenlet
+        while it runs: close() only cancels it then), else the request's greenlet: ``text()``
+        or the plain body once they have read it all, or ``close()``, which the server calls
+        at the end or when the client left. Every other way out ends in one of these.
+        """
+        if not self._source_closed:
+            self._source_closed = True
+            self.source.close()
 
     def _cancel(self) -> None:
         cancel = getattr(self.source, "cancel", None)
@@ -232,15 +176,20 @@ class Relay:
 
     def _texts(self) -> Iterator[str]:
         """The answer's text deltas, counted; reasoning is counted and left out."""
-        item = self._first
+        item: Delta | BaseException = self._first
         if item is SILENT:
-            item = self._next_queued()
+            assert self._pump is not None
+            item = self._pump.next()  # the opener stopped waiting for it: wait on here
+        fair = TimeSlice()
         while True:
+            fair.tick()
             if type(item) is str:
                 self._count(item)
                 yield item
             elif type(item) is Reasoning:
                 self.reasoning_chars += len(item)
+            elif isinstance(item, BaseException):
+                raise item
             else:
                 self.usage = item if isinstance(item, Usage) else None
                 return  # the usage (or None) is the last item: the reply is over
@@ -248,14 +197,6 @@ class Relay:
                 item = next(self.deltas)
             except StopIteration:
                 return
-
-    def _next_queued(self) -> Delta:
-        """The first delta, from the opener, once it has read it."""
-        assert self._items is not None
-        item = self._items.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
 
     def _failed(self, error: Exception) -> str | None:
         """Record a failure after the start; the sentence to send, or None when nobody listens."""
@@ -295,131 +236,41 @@ class Relay:
             if message:
                 yield f"\n[error: {message}]".encode()
         finally:
-            if not self._pumping:  # else the opener still reads the source, and closes it
-                self.source.close()
+            if self._pump is None or not self._pump.reading:
+                self.close_source()  # read to its end here: released before the last write
 
     def _events(self) -> Generator[bytes]:
         """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
-        # Bounded: while the client is behind, the pump waits and the upstream is held back.
-        items = self._items
-        assert items is not None
+        pump = self._pump
+        assert pump is not None
         item: Delta | BaseException = self._first
         try:
-            yield event({"type": "metadata", **self.metadata})
+            yield sse.frame({"type": "metadata", **self.metadata})
             if item is SILENT:
-                item = self._wait(items)
+                item = pump.next(self.ping_s)
+            fair = TimeSlice()
             while True:
+                fair.tick()
                 if type(item) is str:
                     self._count(item)
-                    yield event({"type": "token", "content": item})
+                    yield sse.frame({"type": "token", "content": item})
                 elif type(item) is Reasoning:
                     self.reasoning_chars += len(item)
-                    yield event({"type": "reasoning", "content": str(item)})
+                    yield sse.frame({"type": "reasoning", "content": str(item)})
                 elif isinstance(item, BaseException):
                     raise item
                 elif item is not PING:
                     self.usage = item if isinstance(item, Usage) else None
                     usage = self.usage.as_dict() if self.usage else None
                     self._end("complete")  # stored before the client hears that it is done
-                    yield event({"type": "done", "usage": usage})
+                    yield sse.frame({"type": "done", "usage": usage})
                     return
                 else:
-                    yield b": ping\n\n"
-                item = self._wait(items)
+                    yield sse.PING
+                item = pump.next(self.ping_s)
         except Exception as error:
             message = self._failed(error)
             if message:
-                yield event({"type": "error", "message": message})
+                yield sse.frame({"type": "error", "message": message})
         finally:
             self.finished = True
-
-    def _wait(self, items: queue.Queue[Delta | BaseException]) -> Delta | BaseException:
-        """The next item, or PING after a silence of ``ping_s``."""
-        item: Delta | BaseException = PING
-        with contextlib.suppress(queue.Empty):
-            item = items.get(timeout=self.ping_s)
-        return item
-
-    def _pump(self, items: queue.Queue[Delta | BaseException], keep_reading: bool) -> None:
-        """Read the upstream into ``items`` in a greenlet of its own, so a silence can be timed.
-
-        SSE reads it all here; plain text only its first delta, then the body reads on in
-        the request's own greenlet (no hand-over per delta).
-        """
-        keep_source = False
-        try:
-            for item in self.deltas:
-                more = type(item) is str or type(item) is Reasoning
-                if more and not keep_reading:
-                    if self.finished:
-                        return  # the reply ended while the model was silent: close it here
-                    # From here the body reads the source on, and it or close() closes it.
-                    self._pumping, keep_source = False, True
-                    self._hand_over(items, item)
-                    return
-                if not self._hand_over(items, item) or not more:
-                    return
-            self._hand_over(items, None)  # the model stopped without a last item: no usage
-        except BaseException as error:
-            self._hand_over(items, error)
-        finally:
-            if not keep_source:
-                self.source.close()
-
-    def _hand_over(self, items: queue.Queue[Delta | BaseException], item: Delta | BaseException) -> bool:
-        """Queue ``item`` once there is room; False if the reply ended meanwhile."""
-        while not self.finished:
-            try:
-                items.put(item, timeout=HAND_OVER_POLL_S)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-
-def drop(client: socket.socket) -> None:
-    """Reset a client that takes nothing: the server's waiting write fails at once, and the
-    kernel keeps no unsent reply for it."""
-    with contextlib.suppress(OSError):
-        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.shutdown(socket.SHUT_RDWR)
-
-
-class _Ping:
-    """The marker for a silence longer than the ping interval."""
-
-
-PING: Any = _Ping()
-SILENT: Any = _Ping()  # the first delta had not come when the response started
-
-
-def event(data: dict[str, Any]) -> bytes:
-    """One SSE event, its JSON in UTF-8 (escaped only for a lone surrogate, which orjson
-    refuses: the escaped halves of a pair split across deltas join again in the browser)."""
-    try:
-        return b"data: " + orjson.dumps(data) + b"\n\n"
-    except TypeError:
-        return b"data: " + json.dumps(data).encode() + b"\n\n"
-
-
-def repaired(text: str) -> str:
-    """The text as the stream route sends it: a lone half of a surrogate pair becomes U+FFFD."""
-    data, carry = utf8(text)
-    return data.decode() + ("\ufffd" if carry else "")
-
-
-def utf8(text: str) -> tuple[bytes, str]:
-    """Encode text as UTF-8 that is valid on its own.
-
-    A delta can end inside a UTF-16 surrogate pair (some servers slice strings that way):
-    the high half is held back as the carry for the next delta; a lone half becomes U+FFFD.
-    """
-    try:
-        return text.encode(), ""
-    except UnicodeEncodeError:
-        pass
-    carry = ""
-    if "\ud800" <= text[-1] <= "\udbff":
-        text, carry = text[:-1], text[-1]
-    paired = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return paired.encode("utf-8", "replace"), carry

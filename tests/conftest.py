@@ -11,14 +11,13 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from app.errors import UpstreamError
-from app.llm import Delta, Usage
 from app.settings import DEFAULTS
+from app.stream import Delta, Usage
 from app.validation import ChatRequest
 
 from .fake_upstream import FakeUpstream, Script
 from .postgres import PostgresServer, PostgresUnavailable
-
-SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
+from .support import SECRET_KEY
 
 
 @pytest.fixture(autouse=True)

@@ -25,6 +25,9 @@ class Script:
     reasoning: list[str] = field(default_factory=list)  # reasoning deltas sent before the answer
     reasoning_field: str = "reasoning_content"  # Chat Completions: or "reasoning" (Ollama)
     delay: float = 0.0  # seconds between two events
+    # All the deltas in one write (delay is ignored): a model or cache that streams as fast as
+    # the network allows, which one write per delta cannot reach.
+    burst: bool = False
     first_delay: float = 0.0  # silence after the headers, before the first delta
     status: int = 200  # anything else: a JSON error body with this status
     headers: dict[str, str] = field(default_factory=dict)  # extra response headers
@@ -214,7 +217,15 @@ class FakeUpstream:
             if index and script.delay:
                 await asyncio.sleep(script.delay)
             await send(writer, events.reasoning(thought, script.reasoning_field))
-        for index, text in enumerate(script.deltas):
+        if script.burst:
+            if responses:
+                burst = b"".join(events.delta(text) for text in script.deltas)
+            else:  # each event of Chat Completions depends on its text alone: rendered once
+                rendered = {text: events.delta(text) for text in set(script.deltas)}
+                burst = b"".join(rendered[text] for text in script.deltas)
+            await send(writer, burst)
+            record.deltas_sent = len(script.deltas)
+        for index, text in enumerate(() if script.burst else script.deltas):
             if index == script.stall_after:
                 await asyncio.Event().wait()
             if index == script.cut_after:

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+
+from app.errors import UpstreamTimeout
+from app.stream import Delta
+from app.validation import ChatRequest
 
 from .conftest import FakeLLM
 from .fake_upstream import FakeUpstream, Script
@@ -239,19 +244,32 @@ def test_sse_escapes_half_a_surrogate_pair(client: FlaskClient, fake_llm: FakeLL
     assert tokens.encode("utf-16", "surrogatepass").decode("utf-16") == "robot 🤖"
 
 
-def test_sse_pings_during_an_upstream_silence(
-    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str
-) -> None:
-    upstream.script = Script(deltas=["a", "b"], first_delay=0, stall_after=1)
-    client = make_openai_app(OPENAI_API=api, SSE_PING_S="0.1", UPSTREAM_TIMEOUT_S="0.55").test_client()
-    events = sse_events(client.post("/api/chat/stream", json=ASK, headers=SSE).get_data())
-    assert events[1] == {"type": "token", "content": "a"}
+def test_sse_pings_during_an_upstream_silence(app: Flask, client: FlaskClient) -> None:
+    speak = threading.Event()  # the model is silent until the test has counted its pings
+
+    class Silent:
+        def stream(self, chat: ChatRequest) -> Generator[Delta]:
+            yield "a"
+            assert speak.wait(5.0)
+            raise UpstreamTimeout(
+                "The model stopped sending for longer than the upstream timeout.", reason="upstream_timeout"
+            )
+
+    app.extensions["llm"] = Silent()
+    app.config["SSE_PING_S"] = 0.01
+    response = client.post("/api/chat/stream", json=ASK, headers=SSE, buffered=False)
+    body = iter(response.response)
+    assert [e["type"] for e in sse_events(next(body))] == ["metadata"]
+    assert sse_events(next(body)) == [{"type": "token", "content": "a"}]
+    assert [next(body) for _ in range(3)] == [b": ping\n\n"] * 3  # one per SSE_PING_S of silence
+    speak.set()
+    events = sse_events(b"".join(body))
+    assert all(e == "ping" for e in events[:-1])  # until the model's failure came through
     assert events[-1] == {
         "type": "error",
         "message": "The model stopped sending for longer than the upstream timeout.",
     }
-    assert 4 <= events.count("ping") <= 6
-    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    response.close()
 
 
 def test_sse_client_leaving_during_a_silence_closes_the_upstream(

@@ -5,7 +5,7 @@ from flask.testing import FlaskClient
 
 from app import demo
 from app.demo import DemoLLM, compose
-from app.llm import Usage
+from app.stream import Usage
 from app.validation import ChatRequest
 
 

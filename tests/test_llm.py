@@ -4,12 +4,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import httpx2
 import pytest
 
 from app.errors import UpstreamError
-from app.llm import MAX_EVENT_BYTES, POOL_SHARDS, OpenAILLM, Usage, retry_after, sse_batches
+from app.llm import POOL_SHARDS, OpenAILLM
 from app.settings import load_settings
+from app.sse import MAX_EVENT_BYTES
+from app.stream import Usage
 from app.validation import ChatRequest
 
 from .conftest import SECRET_KEY
@@ -164,46 +165,6 @@ def test_a_cancel_while_the_headers_are_held_hangs_up_at_once(
     assert upstream.connections == max(warm, 1)  # a kept-alive connection was used when there was one
 
 
-@pytest.mark.parametrize(
-    "event",
-    [
-        b'{"choices": [{"delta": {"content": 5}}]}',
-        b'{"choices": ["x"]}',
-        b'{"choices": [{"delta": "x"}]}',
-        b'{"choices": 7}',
-        b"[1, 2]",
-        b'"text"',
-    ],
-)
-def test_chat_events_of_the_wrong_shape_are_malformed(event: bytes) -> None:
-    from app.llm import parse_chat
-
-    with pytest.raises(UpstreamError) as caught:
-        list(parse_chat(sse_batches([b"data: " + event + b"\n\n"])))
-    assert caught.value.reason == "upstream_malformed"
-
-
-@pytest.mark.parametrize(
-    "event",
-    [
-        b'{"type": "response.output_text.delta", "delta": 5}',
-        b'{"type": "response.completed", "response": "done"}',
-    ],
-)
-def test_responses_events_of_the_wrong_shape_are_handled(event: bytes) -> None:
-    from app.llm import parse_responses
-
-    parser = parse_responses(sse_batches([b"data: " + event + b"\n\n"]))
-    if b"delta" in event:
-        with pytest.raises(UpstreamError) as caught:
-            list(parser)
-        assert caught.value.reason == "upstream_malformed"
-    else:
-        with pytest.raises(StopIteration) as ended:
-            next(parser)
-        assert ended.value.value is None
-
-
 def test_the_connection_is_reused_between_replies(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
@@ -212,89 +173,6 @@ def test_the_connection_is_reused_between_replies(
         assert list(llm.stream(FULL))[-1] == Usage(9, 4)
     assert len(upstream.requests) == 3
     llm.close()
-
-
-def events(*chunks: bytes) -> list[bytes]:
-    return [data for batch in sse_batches(chunks) for data in batch]
-
-
-@pytest.mark.parametrize(
-    ("chunks", "expected"),
-    [
-        ((b"data: a\n\n",), [b"a"]),
-        ((b"data: a\n\ndata: b\n\n",), [b"a", b"b"]),
-        ((b"da", b"ta: a", b"\n", b"\nda", b"ta: b\n\n"), [b"a", b"b"]),
-        ((b"data: a\r\n\r\ndata: b\r\n\r\n",), [b"a", b"b"]),
-        ((b"event: x\ndata: a\nid: 3\nretry: 5\n\n",), [b"a"]),
-        ((b"data: one\ndata: two\n\n",), [b"one\ntwo"]),
-        ((b": ping\n\n", b"data:tight\n\n"), [b"tight"]),
-        ((b"data: last",), [b"last"]),
-        ((b"data: done\n",), [b"done"]),
-        ((b"\n\n\n",), []),
-        ((b"data: a\r", b"\n\r\ndata: b\r\n", b"\r\n"), [b"a", b"b"]),
-        ((b"data: a\n", b"\ndata: b\n\n"), [b"a", b"b"]),
-        ((b"data: a", b"bc", b"def\n\n"), [b"abcdef"]),
-    ],
-)
-def test_sse_batches_split_events(chunks: tuple[bytes, ...], expected: list[bytes]) -> None:
-    assert events(*chunks) == expected
-
-
-@pytest.mark.parametrize(
-    ("headers", "seconds"),
-    [
-        ({"retry-after": "20"}, 20),
-        ({"retry-after": "1.2"}, 2),
-        ({"retry-after-ms": "1500"}, 2),
-        ({"retry-after-ms": "1500", "retry-after": "30"}, 2),
-        ({"retry-after-ms": "soon", "retry-after": "3"}, 3),
-        ({"retry-after": "0"}, 1),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 1),
-        ({}, 1),
-    ],
-)
-def test_retry_after_is_whole_seconds(headers: dict[str, str], seconds: int) -> None:
-    assert retry_after(httpx2.Headers(headers)) == seconds
-
-
-def test_an_endless_event_is_cut_off_at_the_cap() -> None:
-    taken = 0
-
-    def endless() -> Iterator[bytes]:
-        nonlocal taken
-        yield b'data: {"choices": [{"delta": {"content": "'
-        while True:
-            taken += 4096
-            yield b"x" * 4096
-
-    with pytest.raises(UpstreamError) as caught:
-        list(sse_batches(endless()))
-    assert caught.value.reason == "upstream_malformed"
-    assert MAX_EVENT_BYTES - 4096 < taken <= MAX_EVENT_BYTES + 4096  # no more held than the cap
-
-
-def test_server_without_usage_numbers_gives_none(upstream: FakeUpstream) -> None:
-    from app.llm import read_usage
-
-    assert (
-        read_usage({"prompt_tokens": "9", "completion_tokens": 2}, "prompt_tokens", "completion_tokens")
-        is None
-    )
-    assert read_usage(None, "a", "b") is None
-    assert read_usage({"a": 1, "b": True}, "a", "b") is None
-    assert read_usage({"a": 1, "b": -5}, "a", "b") is None
-    assert read_usage({"a": 1, "b": 2}, "a", "b") == Usage(1, 2)
-
-
-def test_chat_stream_with_a_finish_but_no_done_is_complete() -> None:
-    from app.llm import parse_chat
-
-    body = b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": "stop"}]}\n\n'
-    parser = parse_chat(sse_batches([body]))
-    assert next(parser) == "a"
-    with pytest.raises(StopIteration) as ended:
-        next(parser)
-    assert ended.value.value is None  # no usage was reported
 
 
 def test_platform_headers_are_built_before_the_first_request(
@@ -314,39 +192,10 @@ def test_platform_headers_are_built_before_the_first_request(
     assert list(llm.stream(FULL))[-1] == Usage(9, 4)
 
 
-def test_reasoning_comes_apart_from_the_answer_in_both_apis() -> None:
-    from app.llm import Reasoning, parse_chat, parse_responses
-
-    chat = [
-        b'data: {"choices": [{"delta": {"reasoning_content": "Hm"}}]}\n\n'
-        b'data: {"choices": [{"delta": {"reasoning": ", yes."}}]}\n\n'
-        b'data: {"choices": [{"delta": {"content": "Hi", "reasoning": {"effort": "low"}}}]}\n\n',
-        b'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n',
-    ]
-    items = list(parse_chat(sse_batches(chat)))
-    assert items == ["Hm, yes.", "Hi"] and [type(i) for i in items] == [Reasoning, str]
-    responses = [
-        b'data: {"type": "response.reasoning_summary_text.delta", "delta": "Hm."}\n\n'
-        b'data: {"type": "response.output_text.delta", "delta": "Hi"}\n\n'
-        b'data: {"type": "response.completed", "response": {}}\n\n'
-    ]
-    items = list(parse_responses(sse_batches(responses)))
-    assert items == ["Hm.", "Hi"] and [type(i) for i in items] == [Reasoning, str]
-
-
-@pytest.mark.parametrize(
-    ("headers", "message", "seconds"),
-    [
-        ({"retry-after-ms": "1500"}, None, 2),
-        ({"retry-after": "4"}, None, 4),
-        ({"llm_provider-retry-after": "9"}, None, 9),
-        ({}, "Rate limit reached. Please try again in 20s.", 20),
-        ({}, "Please try again in 250ms.", 1),
-        ({}, "Slow down.", 1),
-        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, "try again in 3.5s", 4),
-    ],
-)
-def test_the_wait_comes_from_headers_or_the_message(
-    headers: dict[str, str], message: str | None, seconds: int
+def test_an_event_past_the_cap_is_a_malformed_reply(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
-    assert retry_after(httpx2.Headers(headers), message) == seconds
+    upstream.script = Script(deltas=["x" * 2 * MAX_EVENT_BYTES])
+    with pytest.raises(UpstreamError) as caught:
+        list(make_llm().stream(FULL))
+    assert caught.value.reason == "upstream_malformed"

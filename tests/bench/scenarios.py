@@ -18,8 +18,7 @@ import time
 import urllib.request
 from typing import Any
 
-from ..live.server import ROOT, LiveServer, free_port
-from .load import Result, fetch, fetch_many, post
+from ..support import ROOT, LiveServer, Result, fetch, fetch_many, free_port, post
 
 CORES = sorted(os.sched_getaffinity(0))
 SERVER_CPUS = {CORES[0]}

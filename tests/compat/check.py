@@ -23,8 +23,7 @@ from typing import Any
 
 import requests
 
-from ..fake_upstream import FakeUpstream, Script
-from ..live.server import LiveServer, free_port
+from ..support import FakeUpstream, LiveServer, Script, free_port
 
 HERE = Path(__file__).resolve().parent
 WORDS = ["Hello", " from", " a", " paced", " model", "."]

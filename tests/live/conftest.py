@@ -6,9 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

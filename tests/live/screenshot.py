@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 from playwright.sync_api import expect, sync_playwright
 
-from .server import ROOT, LiveServer
+from ..support import ROOT, LiveServer
 from .test_page import CHROMIUM, FLAGS
 
 OLDER = ["Suggest a name for a bakery", "Explain how tides work"]

@@ -8,7 +8,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from .server import LiveServer
+from ..support import LiveServer
 
 
 @pytest.fixture(

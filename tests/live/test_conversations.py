@@ -19,8 +19,7 @@ import requests
 
 from app.demo import compose
 
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import FakeUpstream, LiveServer, Script
 
 
 def new_conversation(server: LiveServer, **fields: Any) -> str:

@@ -13,9 +13,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script, wait_until
 
 ASK = json.dumps({"message": "hi"}).encode()
 MIB = 1024 * 1024
@@ -166,12 +164,17 @@ def test_no_redirect_from_the_host_header_and_only_plain_request_ids(server: Liv
 
 def test_thirty_early_closes_print_no_traceback(server: LiveServer) -> None:
     request = head("/api/chat/stream", ASK, "Connection: close\r\n") + ASK
+
+    def streams_logged() -> int:
+        return server.log_text().count('"path": "/api/chat/stream"')
+
+    before = streams_logged()
     clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(30)]
     for client in clients:
         client.sendall(request)
     for client in clients:
         client.close()
-    time.sleep(1.5)
+    assert wait_until(lambda: streams_logged() == before + 30)  # each one over, and logged once
     assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
     assert "Traceback" not in server.log_text()
 

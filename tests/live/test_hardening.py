@@ -8,10 +8,8 @@ import time
 
 import pytest
 
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream, Script
-from ..soak import soak
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script
+from ..support.soak import soak
 
 
 def rss_kb(pid: int) -> int:

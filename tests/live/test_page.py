@@ -12,9 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script
 
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect

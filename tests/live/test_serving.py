@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ..bench.load import fetch_many, post
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import FakeUpstream, LiveServer, Script, fetch_many, post
 
 ASK = {"message": "Tell me a story about a robot"}
 

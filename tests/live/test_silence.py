@@ -9,9 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script
 
 TIMEOUT_S = 1.0
 

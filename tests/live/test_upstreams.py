@@ -10,9 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..conftest import SECRET_KEY
-from ..fake_upstream import FakeUpstream, Script
-from .server import LiveServer
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script
 
 ASK = {"message": "Think hard, then say hello"}
 WAIT_S = 1.0  # FIRST_DELTA_WAIT_S

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from prometheus_client.mmap_dict import MmapedDict
 from app.settings import DEFAULTS
 
 ROOT = Path(__file__).resolve().parents[2]
+# The upstream key every test app and server is given: a sentinel the log and response tests look for.
+SECRET_KEY = "upstream-SENTINEL-key-0123456789abcdef"
 
 
 def procfile_command() -> str:
@@ -27,6 +30,16 @@ def procfile_command() -> str:
         if line.startswith("web:"):
             return line.split(":", 1)[1].strip()
     raise RuntimeError("Procfile has no web: line")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
 
 
 def free_port() -> int:

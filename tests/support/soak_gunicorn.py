@@ -7,7 +7,7 @@ import runpy
 import signal
 from pathlib import Path
 
-service = runpy.run_path(str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py"))
+service = runpy.run_path(str(Path(__file__).resolve().parents[2] / "gunicorn.conf.py"))
 on_starting = service["on_starting"]
 child_exit = service["child_exit"]
 

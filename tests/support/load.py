@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..conftest import SECRET_KEY
+from .server import SECRET_KEY
 
 
 @dataclass

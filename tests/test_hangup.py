@@ -1,0 +1,260 @@
+"""The client watcher, on socket pairs: each test shows the watcher ran and how it ended."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Generator, Iterator
+
+import pytest
+
+from app import hangup
+from app.errors import ClientGone, UpstreamError
+from app.relay import Relay
+from app.stream import Delta
+
+
+@pytest.fixture(autouse=True)
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.hangup.POLL_MS", 50)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """The server's end of a client connection, and the client's."""
+    server_side, client_side = socket.socketpair()
+    yield server_side, client_side
+    server_side.close()
+    client_side.close()
+
+
+class Cancellable:
+    """A source that records cancel() and close() calls."""
+
+    def __init__(self, *items: Delta) -> None:
+        self.items: Generator[Delta] = (item for item in items)
+        self.cancelled = threading.Event()
+        self.closed = 0
+
+    def __iter__(self) -> Generator[Delta]:
+        return self.items
+
+    def close(self) -> None:
+        self.closed += 1
+        self.items.close()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+class Watcher(threading.Thread):
+    """``hangup.watch`` in a thread of its own, as ``hangup.start`` runs it; ``ended`` is what it returned."""
+
+    def __init__(self, client: socket.socket, relay: Relay) -> None:
+        super().__init__(daemon=True)
+        self.client, self.relay = client, relay
+        self.ended: str | None = None
+        self.start()
+
+    def run(self) -> None:
+        self.ended = hangup.watch(self.client, self.relay)
+
+    def result(self) -> str | None:
+        self.join(timeout=2.0)
+        assert not self.is_alive()
+        return self.ended
+
+
+class Peeked:
+    """A client socket that notes each read the watcher makes."""
+
+    def __init__(self, sock: socket.socket, fail: bool = False) -> None:
+        self.sock = sock
+        self.fail = fail
+        self.read = threading.Event()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        assert flags == socket.MSG_PEEK  # the watcher never takes what the server must read
+        self.read.set()
+        if self.fail:
+            raise OSError(22, "Invalid argument")
+        return self.sock.recv(size, flags)
+
+
+def test_a_hang_up_cancels_the_upstream(pair: tuple[socket.socket, socket.socket]) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    watcher = Watcher(server_side, relay)
+    client_side.close()
+    assert source.cancelled.wait(1.0)
+    assert watcher.result() == "gone"
+    assert relay.client_gone and relay.outcome == "disconnected"
+    relay.close()
+
+
+def test_a_client_that_sends_more_is_left_alone(pair: tuple[socket.socket, socket.socket]) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side)
+    watcher = Watcher(client, relay)  # type: ignore[arg-type]
+    client_side.sendall(b"GET /next HTTP/1.1\r\n")
+    assert client.read.wait(1.0)  # it saw the bytes and peeked at them
+    relay.open()
+    assert list(relay) == [b"a"]
+    relay.close()
+    assert watcher.result() == "over"  # watched on until the reply was over, then let go
+    assert not source.cancelled.is_set() and not relay.client_gone
+    assert server_side.recv(64) == b"GET /next HTTP/1.1\r\n"  # still there for the server
+
+
+def test_the_watcher_lets_go_when_the_reply_is_over(pair: tuple[socket.socket, socket.socket]) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    watcher = Watcher(server_side, relay)
+    relay.open()
+    assert list(relay) == [b"a"]
+    assert watcher.is_alive()  # watching while the server writes
+    relay.close()
+    assert watcher.result() == "over"  # within a poll or two of the reply's end
+    client_side.close()  # a hang-up now is no longer the watcher's business
+    assert not source.cancelled.is_set()
+
+
+def test_the_next_request_on_a_kept_alive_connection_is_not_peeked_at(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server_side, client_side = pair
+    relay = Relay(Cancellable("a"), started=0.0)
+    client = Peeked(server_side)
+    watcher = Watcher(client, relay)  # type: ignore[arg-type]
+    relay.open()
+    assert list(relay) == [b"a"]
+    assert watcher.is_alive()
+    relay.close()
+    client_side.sendall(b"GET /next HTTP/1.1\r\n")  # readable, but the reply is over
+    assert watcher.result() == "over"
+    assert not client.read.is_set()  # the server reads it, not the watcher
+
+
+def test_the_watcher_works_past_descriptor_1023(pair: tuple[socket.socket, socket.socket]) -> None:
+    # select() refuses descriptors of 1024 and up; a worker with many streams has them.
+    server_side, client_side = pair
+    high = socket.socket(fileno=os.dup2(server_side.fileno(), 1500))
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    watcher = Watcher(high, relay)
+    client_side.close()
+    assert source.cancelled.wait(1.0)
+    assert watcher.result() == "gone"
+    relay.close()
+    high.close()
+
+
+def test_an_unforeseen_error_is_not_taken_for_a_hang_up(pair: tuple[socket.socket, socket.socket]) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side, fail=True)
+    watcher = Watcher(client, relay)  # type: ignore[arg-type]
+    client_side.sendall(b"x")  # readable, and then the read fails
+    assert watcher.result() == "unreadable"
+    assert client.read.is_set()
+    assert not source.cancelled.is_set() and not relay.client_gone
+    relay.close()
+
+
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
+def test_a_client_that_takes_nothing_is_dropped_like_one_that_left(
+    pair: tuple[socket.socket, socket.socket], framing: str
+) -> None:
+    server_side, _ = pair
+    source = Cancellable("a", "b", "c")
+    relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
+    watcher = Watcher(server_side, relay)
+    relay.open()
+    if framing == "json":
+        assert relay.text() == "abc"  # the server is now writing it, and never gets it out
+    else:
+        next(iter(relay))  # the server is now writing the first chunk, and never gets it out
+    assert source.cancelled.wait(2.0)
+    assert watcher.result() == "client_stalled"
+    assert relay.client_gone
+    assert (relay.outcome, relay.reason) == ("disconnected", "client_stalled")
+    server_side.settimeout(1.0)
+    with pytest.raises(OSError):
+        server_side.sendall(b"x" * 1024)  # the waiting write fails at once
+    relay.close()
+
+
+def test_a_client_that_takes_each_chunk_in_time_is_not_dropped(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server_side, _ = pair
+    source = Cancellable(*"abcdef")
+    relay = Relay(source, started=0.0, write_timeout_s=0.3)
+    watcher = Watcher(server_side, relay)
+    relay.open()
+    chunks = []
+    for chunk in relay:
+        chunks.append(chunk)
+        time.sleep(0.1)  # a slow client, but each write ends well within the limit
+    assert watcher.is_alive()
+    relay.close()
+    assert b"".join(chunks) == b"abcdef"
+    assert watcher.result() == "over"  # it watched the whole reply, and let go at its end
+    assert not source.cancelled.is_set()
+    assert relay.outcome == "complete"
+
+
+def test_a_client_that_closed_before_the_watcher_started_is_no_crash() -> None:
+    server_side, client_side = socket.socketpair()
+    server_side.close()
+    client_side.close()
+    relay = Relay(Cancellable("a"), started=0.0)
+    assert hangup.watch(server_side, relay) == "unreadable"  # a closed socket ends it quietly
+    assert not relay.client_gone
+
+
+class Silent:
+    """A model that says nothing until it is cancelled, then fails as a hung-up connection does."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Generator[Delta]:
+        self.cancelled.wait(10.0)
+        raise UpstreamError("The connection to the model broke.", reason="upstream_broken")
+        yield  # a generator
+
+    def close(self) -> None:
+        self.closed.set()
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
+def test_a_client_leaving_before_the_response_started_is_a_499(
+    pair: tuple[socket.socket, socket.socket], framing: str
+) -> None:
+    server_side, client_side = pair
+    source = Silent()
+    relay = Relay(source, started=0.0, framing=framing)
+    hangup.start(server_side, relay)
+    threading.Timer(0.2, client_side.close).start()
+    started = time.monotonic()
+    with pytest.raises(ClientGone) as caught:
+        relay.open(5.0)  # the JSON route waits for it all the same way
+    assert time.monotonic() - started < 1.0  # when the client left, not when the wait ran out
+    assert caught.value.status == 499
+    assert (relay.outcome, relay.reason) == ("disconnected", None)
+    assert source.closed.wait(1.0)
