@@ -22,6 +22,7 @@ from .stream import Reasoning, Usage
 # Where servers say how long to wait: milliseconds, seconds, and LiteLLM's renamed header.
 RETRY_HEADERS = (("retry-after-ms", 1000.0), ("retry-after", 1.0), ("llm_provider-retry-after", 1.0))
 RETRY_IN_MESSAGE = re.compile(r"try again in (\d+(?:\.\d+)?) ?(ms|s)\b", re.IGNORECASE)
+FIELDS = ("code", "type", "message")  # of an error object
 RATE_LIMIT_CODES = frozenset(("rate_limit_exceeded", "rate_limit_error", "insufficient_quota_per_minute"))
 TOO_LONG_CODES = frozenset(("context_length_exceeded", "string_above_max_length"))
 # Servers and gateways without that code (vLLM, LiteLLM's ContextWindowExceededError) say it so.
@@ -78,7 +79,7 @@ def read_responses(batches: Iterable[list[bytes]]) -> Generator[str, None, Usage
         for data in batch:
             event = decode(data)
             kind = event.get("type")
-            if kind == "response.output_text.delta" or kind in REASONING_EVENTS:
+            if kind == "response.output_text.delta" or (type(kind) is str and kind in REASONING_EVENTS):
                 text = event.get("delta")
                 if text:
                     if type(text) is not str:
@@ -147,14 +148,14 @@ def in_band_error(error: Any) -> UpstreamError:
 
     Before any text, its status is what the same error sent as an HTTP status gets.
     """
-    code = error.get("code") if isinstance(error, dict) else None
-    kind = error.get("type") if isinstance(error, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
+    fields = error if isinstance(error, dict) else {}
+    # Only strings count: anything else from a server is no code of ours (and may be unhashable).
+    code, kind, message = (value if isinstance(value, str) else None for value in map(fields.get, FIELDS))
     if code in RATE_LIMIT_CODES or kind == "rate_limit_error":
         return rate_limited(retry_after({}, message))
     if too_long_for_the_model(code, message):
         return too_long()
-    suffix = f" ({code})" if isinstance(code, str) and code.replace("_", "").isalnum() else ""
+    suffix = f" ({code})" if code and len(code) <= 64 and code.replace("_", "").isalnum() else ""
     return UpstreamError(f"The model reported an error{suffix}.", reason="upstream_error_event")
 
 
@@ -169,7 +170,8 @@ def rate_limited(seconds: int) -> UpstreamError:
 
 def too_long_for_the_model(code: Any, message: Any) -> bool:
     """Whether an error says the conversation does not fit the model's context window."""
-    return code in TOO_LONG_CODES or (isinstance(message, str) and bool(TOO_LONG_MESSAGE.search(message)))
+    too_long_code = isinstance(code, str) and code in TOO_LONG_CODES
+    return too_long_code or (isinstance(message, str) and bool(TOO_LONG_MESSAGE.search(message)))
 
 
 def too_long() -> UpstreamError:

@@ -136,9 +136,15 @@ class OpenAILLM:
             path, body, parse = "/chat/completions", chat_params(chat, self.stream_usage), read_chat
         try:
             client = self.clients[next(self._turn) % len(self.clients)]
-            with connections.sending(reply):
-                options = REQUESTS[path].model_copy(update={"json_data": body})
-                response = client.request(httpx2.Response, options, stream=True)
+            try:
+                with connections.sending(reply):
+                    options = REQUESTS[path].model_copy(update={"json_data": body})
+                    response = client.request(httpx2.Response, options, stream=True)
+            except BaseException:
+                # The SDK read an error answer and gave its connection back to the pool, where
+                # it may already carry another reply: this one must never shut it down.
+                reply.sock = None
+                raise
             reads = response.iter_raw()
             try:
                 if reply.cancelled:

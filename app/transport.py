@@ -36,6 +36,7 @@ import httpx2
 from . import connections
 
 READ_SIZE = 1 << 16
+UNANSWERED_WITHIN_S = 0.25  # a kept-alive connection that ends this soon after a request: resent
 MAX_HEAD_BYTES = 1 << 16  # the status line and headers of one response
 MAX_LINE_BYTES = 1 << 12  # a chunk's size line, or a trailer
 
@@ -162,16 +163,22 @@ class Transport(httpx2.BaseTransport):
             head.append(b"\r\n")
             content = request.read()
             connection.settimeout(timeouts.get("write"))
+            written = None
             try:
                 connection.sock.sendall(b"".join(head) + content)
             except TimeoutError as error:
                 raise httpx2.WriteTimeout(str(error) or "write timed out", request=request) from None
             except OSError as error:
                 raise httpx2.WriteError(str(error) or type(error).__name__, request=request) from None
+            written = time.monotonic()
             status, reason, headers = body.read_head(request.method == "HEAD")
         except (httpx2.WriteError, httpx2.ReadError, httpx2.RemoteProtocolError) as error:
             body.close()
-            if reused and not body.received:
+            # Sent again only when the server cannot have started on it: the write failed, or
+            # the connection ended at once after it (a close that crossed the request). A
+            # server that fails later may have worked on it (a model thinking): not twice.
+            at_once = written is None or time.monotonic() - written < UNANSWERED_WITHIN_S
+            if reused and not body.received and at_once:
                 raise Unanswered(error) from None
             raise
         except BaseException:

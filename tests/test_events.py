@@ -5,7 +5,7 @@ import pytest
 
 from app import sse
 from app.errors import UpstreamError
-from app.events import retry_after
+from app.events import in_band_error, retry_after
 from app.stream import Usage
 
 
@@ -127,3 +127,23 @@ def test_the_wait_comes_from_headers_or_the_message(
     headers: dict[str, str], message: str | None, seconds: int
 ) -> None:
     assert retry_after(httpx2.Headers(headers), message) == seconds
+
+
+@pytest.mark.parametrize(
+    "shape", [{"code": ["x"]}, {"code": {"a": 1}, "type": ["rate_limit_error"]}, {"message": 5}]
+)
+def test_an_error_of_an_unknown_shape_is_a_502_not_a_bug(shape: dict[str, object]) -> None:
+    error = in_band_error(shape)
+    assert (error.status, error.reason, error.message) == (
+        502,
+        "upstream_error_event",
+        "The model reported an error.",
+    )
+
+
+def test_a_long_error_code_is_not_passed_on() -> None:
+    assert in_band_error({"code": "x" * 65}).message == "The model reported an error."
+    assert (
+        in_band_error({"code": "server_overloaded"}).message
+        == "The model reported an error (server_overloaded)."
+    )

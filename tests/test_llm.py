@@ -199,3 +199,23 @@ def test_an_event_past_the_cap_is_a_malformed_reply(
     with pytest.raises(UpstreamError) as caught:
         list(make_llm().stream(FULL))
     assert caught.value.reason == "upstream_malformed"
+
+
+@pytest.mark.parametrize("status", [429, 400, 500])
+def test_a_reply_refused_with_a_status_lets_go_of_its_connection(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, status: int
+) -> None:
+    # The SDK read the error answer and gave the connection back to the pool, where the next
+    # reply takes it: a cancel of the refused reply must not shut that reply's stream down.
+    llm = make_llm()
+    upstream.script = Script(status=status)
+    refused = llm.stream(FULL)
+    with pytest.raises(UpstreamError):
+        next(iter(refused))
+    assert refused.sock is None
+    upstream.script = Script(deltas=["a", "b"], delay=0.05)
+    served = llm.stream(FULL)
+    deltas = iter(served)
+    assert next(deltas) == "a"
+    refused.cancel()  # what the relay's close does for a reply that ended in error
+    assert [*deltas][:1] == ["b"]

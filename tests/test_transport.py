@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx2
@@ -18,7 +19,8 @@ class Dropper:
     """Answers the first request of each connection; a second one on it is read, then dropped
     unanswered, as a server whose idle timeout just ran out does."""
 
-    def __init__(self) -> None:
+    def __init__(self, drop_after: float = 0.0) -> None:
+        self.drop_after = drop_after
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -46,6 +48,8 @@ class Dropper:
                 self.requests += 1
                 if answered:
                     sock.sendall(ANSWER)
+                else:
+                    time.sleep(self.drop_after)
 
     def close(self) -> None:
         self.listener.close()
@@ -68,7 +72,20 @@ def test_a_kept_alive_connection_dropped_unanswered_sends_the_request_again(drop
     assert transport.live == set()
 
 
-def test_a_new_connection_that_fails_is_not_tried_again(dropper: Dropper) -> None:
+def test_a_kept_alive_connection_dropped_after_a_while_is_not_tried_again() -> None:
+    server = Dropper(drop_after=0.5)  # as if the model worked on it before the connection broke
+    transport = Transport(httpx2.create_ssl_context(), max_connections=4, max_idle=4)
+    try:
+        with httpx2.Client(transport=transport) as client:
+            assert client.get(f"http://127.0.0.1:{server.port}/").status_code == 200
+            with pytest.raises(httpx2.RemoteProtocolError):
+                client.get(f"http://127.0.0.1:{server.port}/")
+        assert (server.connections, server.requests) == (1, 2)  # never sent twice
+    finally:
+        server.close()
+
+
+def test_a_new_connection_that_fails_is_not_tried_again() -> None:
     with socket.create_server(("127.0.0.1", 0)) as silent:
         port = silent.getsockname()[1]
 
