@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+BURST_EVENTS = 4096  # events per write in a burst
+
 
 @dataclass
 class Script:
@@ -218,13 +220,13 @@ class FakeUpstream:
                 await asyncio.sleep(script.delay)
             await send(writer, events.reasoning(thought, script.reasoning_field))
         if script.burst:
-            if responses:
-                burst = b"".join(events.delta(text) for text in script.deltas)
-            else:  # each event of Chat Completions depends on its text alone: rendered once
-                rendered = {text: events.delta(text) for text in set(script.deltas)}
-                burst = b"".join(rendered[text] for text in script.deltas)
-            await send(writer, burst)
-            record.deltas_sent = len(script.deltas)
+            # Each event of Chat Completions depends on its text alone: rendered once. Written
+            # a megabyte or so at a time: the socket's buffer refills faster than it is read.
+            rendered = {} if responses else {text: events.delta(text) for text in set(script.deltas)}
+            for start in range(0, len(script.deltas), BURST_EVENTS):
+                texts = script.deltas[start : start + BURST_EVENTS]
+                await send(writer, b"".join(rendered.get(text) or events.delta(text) for text in texts))
+                record.deltas_sent += len(texts)
         for index, text in enumerate(() if script.burst else script.deltas):
             if index == script.stall_after:
                 await asyncio.Event().wait()
