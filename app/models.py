@@ -13,8 +13,11 @@ TITLE_CHARS = 200
 
 
 def new_id() -> str:
-    """An id nobody can guess or count on: 128 random bits."""
-    return secrets.token_urlsafe(16)
+    """An id nobody can guess or count on: 128 random bits (never starting with "-", which a
+    command line would take for an option)."""
+    while (made := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return made
 
 
 def utcnow() -> datetime:

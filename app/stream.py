@@ -55,6 +55,11 @@ class Model(Protocol):
 # under gevent it never lets the worker's other greenlets run: their timers (the upstream
 # timeout) expire meanwhile. After this long relaying without a wait, it lets them run.
 SLICE_S = 0.002
+# A timer, not sleep(0): under gevent sleep(0) only queues the greenlet among the hub's callbacks,
+# and bursts that keep queueing themselves kept the loop from polling the sockets of the
+# paced replies: measured with make bench's fairness scenario, paced streams beside 20 bursts
+# saw gap p99 3,016 ms with sleep(0) and 120 ms with this (TTFB p99 377 vs 929 ms).
+YIELD_S = 1e-6
 WAITED_S = 0.001  # a longer gap between two deltas was a wait: the others ran meanwhile
 
 
@@ -72,7 +77,7 @@ class TimeSlice:
         if now - self.last > WAITED_S:
             self.since = now
         elif now - self.since > SLICE_S:
-            time.sleep(0)  # the gevent worker patches it: a switch to the hub, which runs the others
+            time.sleep(YIELD_S)  # the gevent worker patches it: a switch to the hub, which runs the others
             now = self.since = time.perf_counter()
         self.last = now
 

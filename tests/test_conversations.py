@@ -699,3 +699,11 @@ def test_reads_take_no_write_lock_and_a_busy_database_is_a_503(
     [line] = [r for r in caplog.records if r.levelname == "ERROR"]
     assert line.getMessage() == "the database failed: OperationalError" and line.exc_info is None
     assert "secret title" not in caplog.text
+
+
+def test_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app import models
+
+    made = iter(["-starts-with-a-dash-xx", "Plain_id-0123456789abc"])
+    monkeypatch.setattr(models.secrets, "token_urlsafe", lambda _: next(made))
+    assert models.new_id() == "Plain_id-0123456789abc"  # `chat --conversation -x...` would be an option
