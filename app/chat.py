@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from . import hangup, turns
 from .body import read_body
+from .guards import on_close
 from .relay import Relay
 from .validation import conversation_ref, parse_chat, read_json
 
@@ -84,7 +84,7 @@ def start_relay(framing: str) -> Relay:
         on_end=turn.record if turn else None,
         write_timeout_s=config["CLIENT_WRITE_TIMEOUT_S"],
     )
-    after_this_request(closes(relay))  # a JSON reply is written after the view: watched until then
+    after_this_request(on_close(relay.close))  # a JSON reply is written after the view: watched until then
     if turn is not None:
         turn.keep_alive()  # from here on, the relay stores the reply however it ends
     client = request.environ.get("gunicorn.socket")
@@ -92,13 +92,3 @@ def start_relay(framing: str) -> Relay:
         hangup.start(client, relay)  # hang up on the model as soon as the client hangs up
     relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"])
     return relay
-
-
-def closes(relay: Relay) -> Callable[[Response], Response]:
-    """An after-request function that closes ``relay`` when the response does."""
-
-    def close_with(response: Response) -> Response:
-        response.call_on_close(relay.close)
-        return response
-
-    return close_with

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 SLOT_TTL_S = 600  # slots are counted in buckets this long (see Slots.take)
 PREFIX = "chat"
+# A Redis connection that is dead is given up on within a second (here and for the rate limit).
+REDIS_TIMEOUTS: dict[str, str | int] = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
 
 class Counters:
@@ -32,9 +34,7 @@ class Counters:
         if uri.startswith("memory://"):
             self.shared: Storage = MemoryStorage()
         else:
-            # A dead connection is given up on within a second, as for the rate limit.
-            timeouts = {"socket_connect_timeout": 1, "socket_timeout": 1}
-            shared = storage_from_string(uri, wrap_exceptions=True, **timeouts)
+            shared = storage_from_string(uri, wrap_exceptions=True, **REDIS_TIMEOUTS)
             assert isinstance(shared, Storage)  # a redis:// URI gives the synchronous kind
             self.shared = shared
         self.local = MemoryStorage()

@@ -14,7 +14,7 @@ from flask_cors import CORS
 from flask_limiter import Limiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .counters import Counters, FailureLimit, Slots
+from .counters import REDIS_TIMEOUTS, Counters, FailureLimit, Slots
 from .errors import ApiError
 
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
@@ -47,11 +47,10 @@ def init_app(app: Flask, chat: Blueprint) -> None:
         storage = config["RATE_LIMIT_STORAGE_URI"]
         # A Redis that is down must not take the API with it: each worker counts on its own
         # until it is back, and a dead connection is given up on within a second.
-        timeouts: dict[str, str | int] = {"socket_connect_timeout": 1, "socket_timeout": 1}
         limiter = Limiter(
             key_func=client_key,
             storage_uri=storage,
-            storage_options=timeouts if storage.startswith("redis") else {},
+            storage_options=REDIS_TIMEOUTS if storage.startswith("redis") else {},
             in_memory_fallback_enabled=True,
             headers_enabled=True,
             retry_after="delta-seconds",
