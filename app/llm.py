@@ -20,6 +20,7 @@ import httpx2
 import openai
 from openai._models import FinalRequestOptions
 
+from . import client as sdk
 from . import connections, sse, transport
 from .errors import UpstreamError, UpstreamTimeout
 from .events import (
@@ -105,7 +106,7 @@ class OpenAILLM:
             tls, config["UPSTREAM_MAX_CONNECTIONS"], max_idle=config["UPSTREAM_MAX_CONNECTIONS"]
         )
         self.clients = [
-            openai.OpenAI(
+            sdk.OpenAI(
                 api_key=config["OPENAI_API_KEY"] or PLACEHOLDER_KEY,
                 base_url=config["OPENAI_BASE_URL"] or OPENAI_URL,
                 # The read timeout bounds the silence between two chunks, not the whole reply.
