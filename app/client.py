@@ -3,10 +3,11 @@
 Building a request (default, auth and retry headers merged and checked, the URL parsed
 and joined to the base URL, then httpx2's own merge of the same) was a sixth of the worker's
 CPU at one client (measured with py-spy). What it builds depends only on the client's
-settings, the path and the retry count, never on the body: so the SDK builds it once per
-path, retry count and headers with no body, and each request copies its URL, headers and timeout
-with a body of its own. The SDK still authenticates, retries, sends and maps errors; a
-request of any other shape than the one ``llm`` sends is built by the SDK as usual.
+settings (fixed once the app has built it), the path, the retry count and the headers, never
+on the body: so the SDK builds it once per path, retry count and headers with no body, and
+each request copies its URL, headers and timeout with a body of its own. The SDK still
+authenticates, retries, sends and maps errors; a request of any other shape than the one
+``llm`` sends is built by the SDK as usual.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
+from openai._types import NotGiven
 from openai._utils._json import openapi_dumps
 
 
@@ -38,6 +40,8 @@ class OpenAI(openai.OpenAI):
             and options.files is None
             and self._provider_runtime is None
             and self._api_key_provider is None  # a key that can change is read per request
+            and self._idempotency_header is None  # a key per request would be frozen in the template
+            and isinstance(options.timeout, NotGiven)  # the client's timeout, the same for every request
         )
         headers = tuple(options.headers.items()) if options.headers else ()
         if not plain or not all(type(value) is str for _, value in headers):

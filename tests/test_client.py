@@ -75,6 +75,22 @@ def test_other_shapes_are_built_by_the_sdk(change):
     assert client._templates == {}
 
 
+def test_a_per_request_timeout_or_idempotency_key_is_built_by_the_sdk():
+    client = OpenAI(**SETTINGS)
+    client._idempotency_header = "Idempotency-Key"
+    sent = []
+    for n in range(2):
+        options = REQUESTS["/responses"].model_copy(
+            update={"json_data": {"model": "m"}, "idempotency_key": f"key-{n}"}
+        )
+        sent.append(client._build_request(options).headers["Idempotency-Key"])
+    assert sent == ["key-0", "key-1"]
+    client._idempotency_header = None
+    options = REQUESTS["/responses"].model_copy(update={"json_data": {"model": "m"}, "timeout": 5.0})
+    assert client._build_request(options).extensions["timeout"]["read"] == 5.0
+    assert client._templates == {}
+
+
 def test_a_key_that_can_change_is_read_for_every_request():
     keys = iter(["sk-one", "sk-two"])
     client = OpenAI(**{**SETTINGS, "api_key": lambda: next(keys)})
