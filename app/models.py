@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -25,6 +26,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def as_created(context: Any) -> datetime:
+    """A new row's ``updated_at``: the same moment as its ``created_at``, not a second reading."""
+    return context.get_current_parameters()["created_at"]  # type: ignore[no-any-return]
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -41,7 +47,7 @@ class Conversation(Base):
     instructions: Mapped[str | None] = mapped_column(Text)
     model: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=as_created)
 
     __table_args__ = (Index("ix_conversations_owner_updated", "owner", "updated_at", "id"),)
 
@@ -68,4 +74,4 @@ class Message(Base):
     output_tokens: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # While streaming, the reply's heartbeat: a reply whose worker died stops beating.
-    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=as_created)

@@ -185,6 +185,21 @@ def test_deleting_a_conversation_takes_its_messages(app: Flask, client: FlaskCli
         assert session.scalar(select(func.count()).select_from(Message)) == 0
 
 
+def test_a_new_row_is_updated_when_it_was_created(app: Flask) -> None:
+    """One reading of the clock per row: two readings a tick apart would tell them apart."""
+    moment = utcnow() - timedelta(days=1)  # unlike any later reading of the clock
+    with sessions(app).begin() as session:
+        conversation = Conversation(created_at=moment)
+        session.add(conversation)
+        session.flush()
+        reply = Message(
+            conversation_id=conversation.id, role="assistant", status="streaming", created_at=moment
+        )
+        session.add(reply)
+        session.flush()
+        assert (conversation.updated_at, reply.updated_at) == (moment, moment)
+
+
 HOSTILE_IDS = [
     "x" * 10_000,
     "🤖" * 30,
