@@ -39,9 +39,29 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Close idle connections at SIGTERM; write each response chunk with one system call."""
+    """Close idle connections at SIGTERM; write each response chunk with one system call; spend
+    less of the worker on the garbage collector."""
     close_idle_connections_on_exit(worker)
     send_writes_at_once()
+    collect_less()
+
+
+def collect_less():
+    """Leave the loaded app out of the garbage collector's rounds, and start them less often.
+
+    Every full collection walks every object the worker holds, and ~150,000 of them are the
+    app and its libraries, loaded once and never freed. With 1,000 streams open, measured with
+    ``make bench``'s 1,000-stream scenario, the collector took 17% of the worker's CPU, in
+    pauses of up to 139 ms that every stream felt at once. Frozen (``gc.freeze``, after one
+    collection of what loading left over), those objects are never walked again: 6% and 31 ms.
+    A reply's objects are freed by their reference counts as it ends, so a first generation of
+    50,000 instead of 700 objects costs little memory and takes the rest: 2%, 16 ms at most.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, *gc.get_threshold()[1:])
 
 
 def send_writes_at_once():

@@ -13,7 +13,14 @@ from . import scenarios
 
 FULL = {
     "latency": 200,
-    "concurrency": [200, 1000, 2000],
+    # The 1,000-stream row the targets are read from starts them over one second, as traffic does;
+    # the rows at once show the worker's queue when they all arrive in the same instant.
+    "concurrency": [
+        {"streams": 200},
+        {"streams": 1000, "ramp_s": 1.0, "direct_too": True},
+        {"streams": 1000},
+        {"streams": 2000},
+    ],
     "throughput": 5,
     "disconnect": 20,
     "turns": {"latency": 200, "concurrent": 200},
@@ -21,21 +28,11 @@ FULL = {
 }
 QUICK = {
     "latency": 50,
-    "concurrency": [200, 1000],
+    "concurrency": [{"streams": 200}, {"streams": 1000, "ramp_s": 1.0, "direct_too": True}],
     "throughput": 1,
     "disconnect": 5,
     "turns": {"latency": 50, "concurrent": 200},
     "fairness": {"paced": 200, "bursts": 20},
-}
-TARGETS = {
-    "added_ttfb_p50_ms": ("<=", 0.5),
-    "all_done_s@1000": ("<=", 1.3),
-    "ttfb_p99_ms@1000": ("<", 100.0),
-    "server_cpu_ms_per_1000_deltas": ("<=", 6.0),
-    "server_cpu_ms_per_1000_paced_deltas@1000": ("<=", 60.0),
-    "rss_per_stream_kb": ("<=", 64.0),
-    "silent_max_ms": ("<=", 5.0),
-    "streaming_max_ms": ("<=", 5.0),
 }
 
 
@@ -45,9 +42,8 @@ def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
         if "latency" in names:
             report.setdefault("latency", []).append(scenarios.latency(api, sizes["latency"]))
         if "concurrency" in names:
-            for index, streams in enumerate(sizes["concurrency"]):
-                row = scenarios.concurrency(api, streams, direct_too=index == 1)
-                report.setdefault("concurrency", []).append(row)
+            for row in sizes["concurrency"]:
+                report.setdefault("concurrency", []).append(scenarios.concurrency(api, **row))
         if "fairness" in names:
             report.setdefault("fairness", []).append(scenarios.fairness(api, **sizes["fairness"]))
         if "throughput" in names:
@@ -73,8 +69,10 @@ def show(report: dict[str, Any]) -> None:
         )
     for row in report.get("concurrency", []):
         direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""
+        started = f"over {row['ramp_s']:g} s" if row["ramp_s"] else "at once"
         print(
-            f"concurrency  {row['api']:9} {row['streams']:5} streams x 50 deltas 20 ms apart | "
+            f"concurrency  {row['api']:9} {row['streams']:5} streams x 50 deltas 20 ms apart, "
+            f"started {started:9} | "
             f"all done {row['all_done_s']:.2f} s{direct} | TTFB p50 {row['ttfb_p50_ms'] or 0:.1f} "
             f"p99 {row['ttfb_p99_ms'] or 0:.1f} ms | RSS {row['rss_per_stream_kb']:.1f} KB/stream | "
             f"server CPU {row['server_cpu_ms_per_1000_paced_deltas']:.1f} ms per 1000 paced deltas "

@@ -153,11 +153,12 @@ def latency(api: str, count: int) -> dict[str, Any]:
     }
 
 
-def concurrency(api: str, streams: int, direct_too: bool) -> dict[str, Any]:
-    """``streams`` concurrent streams of 50 deltas 20 ms apart through one worker."""
+def concurrency(api: str, streams: int, ramp_s: float = 0.0, direct_too: bool = False) -> dict[str, Any]:
+    """``streams`` concurrent streams of 50 deltas 20 ms apart through one worker, all at once
+    or started evenly over ``ramp_s`` seconds (all done counts from the first start)."""
     upstream = Upstream(deltas=50, delay=0.02)
     service = Service(upstream, api)
-    figures: dict[str, Any] = {"api": api, "streams": streams}
+    figures: dict[str, Any] = {"api": api, "streams": streams, "ramp_s": ramp_s}
     try:
 
         async def run(port: int, request: bytes, marker: bytes | None) -> tuple[list[Result], float, int]:
@@ -172,7 +173,7 @@ def concurrency(api: str, streams: int, direct_too: bool) -> dict[str, Any]:
 
             sampler = asyncio.ensure_future(sample())
             started = time.perf_counter()
-            results = await fetch_many(port, request, streams, marker)
+            results = await fetch_many(port, request, streams, marker, ramp_s)
             elapsed = time.perf_counter() - started
             sampling = False
             await sampler

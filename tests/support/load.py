@@ -130,7 +130,13 @@ async def fetch(
 
 
 async def fetch_many(
-    port: int, request: bytes, count: int, first_marker: bytes | None = None
+    port: int, request: bytes, count: int, first_marker: bytes | None = None, ramp_s: float = 0.0
 ) -> list[Result]:
-    """``count`` requests at once."""
-    return list(await asyncio.gather(*(fetch(port, request, first_marker) for _ in range(count))))
+    """``count`` requests at once, or started evenly over ``ramp_s`` seconds."""
+
+    async def one(index: int) -> Result:
+        if ramp_s:
+            await asyncio.sleep(ramp_s * index / count)
+        return await fetch(port, request, first_marker)
+
+    return list(await asyncio.gather(*(one(index) for index in range(count))))
