@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
-from . import hangup, turns
+from . import turns
 from .body import read_body
 from .guards import on_close
 from .relay import Relay
@@ -87,8 +87,7 @@ def start_relay(framing: str) -> Relay:
     after_this_request(on_close(relay.close))  # a JSON reply is written after the view: watched until then
     if turn is not None:
         turn.keep_alive()  # from here on, the relay stores the reply however it ends
-    client = request.environ.get("gunicorn.socket")
-    if client is not None:
-        hangup.start(client, relay)  # hang up on the model as soon as the client hangs up
-    relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"])
+    # Hang up on the model as soon as the client hangs up (gunicorn only hands out its socket).
+    watched = request.environ.get("gunicorn.socket")
+    relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"], watched)
     return relay

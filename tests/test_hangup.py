@@ -249,11 +249,10 @@ def test_a_client_leaving_before_the_response_started_is_a_499(
     server_side, client_side = pair
     source = Silent()
     relay = Relay(source, started=0.0, framing=framing)
-    hangup.start(server_side, relay)
     threading.Timer(0.2, client_side.close).start()
     started = time.monotonic()
     with pytest.raises(ClientGone) as caught:
-        relay.open(5.0)  # the JSON route waits for it all the same way
+        relay.open(5.0, server_side)  # watched from the start; the JSON route waits the same way
     assert time.monotonic() - started < 1.0  # when the client left, not when the wait ran out
     assert caught.value.status == 499
     assert (relay.outcome, relay.reason) == ("disconnected", None)
