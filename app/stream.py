@@ -73,7 +73,9 @@ class TimeSlice:
     __slots__ = ("last", "since")
 
     def __init__(self) -> None:
-        self.since = self.last = time.perf_counter()
+        # As if the loop had just waited: whatever came before the first delta (the model's
+        # request, sent and answered) is not relaying, and must not cost the first delta a turn.
+        self.since = self.last = 0.0
 
     def tick(self) -> None:
         """Call once per delta; yields to the others when this loop's slice is spent."""

@@ -9,7 +9,7 @@ import pytest
 
 from app.errors import UpstreamError
 from app.relay import Relay
-from app.stream import YIELD_S, Delta, Reasoning, Usage
+from app.stream import SLICE_S, YIELD_S, Delta, Reasoning, Usage
 
 
 def deltas(*items: Delta, fail: bool = False) -> Generator[Delta]:
@@ -137,10 +137,10 @@ def test_a_reply_closed_before_its_late_first_delta_still_closes_the_source(fram
     assert closed.wait(1.0)
 
 
-@pytest.mark.parametrize(("gap_s", "switches"), [(0.0001, 3), (0.01, 0)], ids=["unpaced", "paced"])
+@pytest.mark.parametrize(("gap_s", "yields"), [(0.0001, True), (0.01, False)], ids=["unpaced", "paced"])
 @pytest.mark.parametrize("framing", ["text", "sse", "json"])
 def test_a_reply_that_never_waits_lets_the_others_run(
-    monkeypatch: pytest.MonkeyPatch, framing: str, gap_s: float, switches: int
+    monkeypatch: pytest.MonkeyPatch, framing: str, gap_s: float, yields: bool
 ) -> None:
     clock = [0.0]
     sleeps: list[float] = []
@@ -161,5 +161,34 @@ def test_a_reply_that_never_waits_lets_the_others_run(
         assert relay.text() == "x" * 80
     else:
         list(relay)
-    # Every 2 ms without a wait (in SSE, the pump and the body each count); never when paced.
-    assert (len(sleeps) >= switches if switches else not sleeps) and set(sleeps) <= {YIELD_S}
+    # Every SLICE_S without a wait (in SSE, the pump and the body each count); never when paced.
+    if yields:
+        assert len(sleeps) >= 80 * gap_s / SLICE_S / 2  # a turn at least every other slice
+    else:
+        assert not sleeps
+    assert set(sleeps) <= {YIELD_S}
+
+
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
+def test_the_first_delta_costs_no_turn_however_long_the_request_took(
+    monkeypatch: pytest.MonkeyPatch, framing: str
+) -> None:
+    clock = [100.0]
+    sleeps: list[float] = []
+    fake_time = types.SimpleNamespace(
+        perf_counter=lambda: clock[0], monotonic=time.monotonic, sleep=sleeps.append
+    )
+    monkeypatch.setattr("app.stream.time", fake_time)
+
+    def model() -> Generator[Delta]:
+        clock[0] += SLICE_S * 2.5  # the request sent and answered: longer than a slice, not a wait
+        yield "x"
+        yield Usage(1, 1)
+
+    relay = Relay(model(), started=0.0, framing=framing)
+    relay.open()
+    if framing == "json":
+        assert relay.text() == "x"
+    else:
+        list(relay)
+    assert sleeps == []
