@@ -55,10 +55,14 @@ class OpenAI(openai.OpenAI):
             )
             del template.headers["Content-Length"]
             self._templates[key] = template
-        return httpx2.Request(
-            "POST",
-            template.url,
-            headers=template.headers,
-            content=openapi_dumps(body),
-            extensions=template.extensions,
+        content = openapi_dumps(body)
+        # A stream, not content: httpx2 would look every header up again to add the ones the
+        # template has (and decode them all to learn their encoding, which the template knows).
+        request = httpx2.Request(
+            "POST", template.url, headers=template.headers, stream=httpx2.ByteStream(content)
         )
+        request.headers.encoding = template.headers.encoding
+        request.headers["Content-Length"] = str(len(content))
+        request.extensions = dict(template.extensions)
+        request.read()
+        return request
