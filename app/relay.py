@@ -1,4 +1,5 @@
-"""Model deltas -> response body chunks, counted, with the upstream closed on every exit.
+"""One reply in flight: model deltas counted, how it ended settled once, the upstream closed on
+every exit. The stream route's bodies (plain text, SSE) are in ``bodies``.
 
 Plain Python: the view hands in plain values, and the WSGI server drives the body and
 calls ``close()`` when the last byte went out or the client left.
@@ -12,10 +13,10 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from . import hangup, sse
+from . import bodies, hangup
 from .errors import ClientGone, UpstreamError
-from .pump import PING, SILENT, Pump
-from .stream import REPLACEMENT, Delta, Reasoning, Source, TimeSlice, Usage, repaired, utf8
+from .pump import SILENT, Pump
+from .stream import Delta, Reasoning, Source, TimeSlice, Usage, repaired
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +54,9 @@ class Relay:
         # Told once how the reply ended; only then is the reply's text kept, to be stored.
         self.on_end = on_end
         self._texts_kept: list[str] | None = [] if on_end else None
-        self._first: Delta = None
+        self.first: Delta = None
         self._body: Generator[bytes] | None = None
-        self._pump: Pump | None = None  # SSE, and plain text's first delta: read in a greenlet of its own
+        self.pump: Pump | None = None  # SSE, and plain text's first delta: read in a greenlet of its own
         self.writes = hangup.Writes(write_timeout_s)
         self._closed = False
         self._source_closed = False
@@ -71,44 +72,45 @@ class Relay:
             if client is not None:
                 hangup.start(client, self)
             try:
-                self._first = next(self.deltas)
+                self.first = next(self.deltas)
             except StopIteration:
-                self._first = None
+                self.first = None
             except BaseException as error:
                 self.close_source()
                 raise self._opening_failed(error) from None
             return
-        self._pump = Pump(self, keep_reading=self.framing == "sse")
+        self.pump = Pump(self, keep_reading=self.framing == "sse")
         if client is not None:
             # After the pump: it sends the model its request first, and the watcher starts
             # while the model is answering (measured: 40 us less time to the first byte).
             hangup.start(client, self)
-        item = self._pump.first(wait_s)  # SILENT: the response starts all the same
+        item = self.pump.first(wait_s)  # SILENT: the response starts all the same
         if isinstance(item, BaseException):
             raise self._opening_failed(item) from None
-        self._first = item
+        self.first = item
         if type(item) is str:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
 
     def _opening_failed(self, error: BaseException) -> BaseException:
         """Record a failure before the response started; what to raise (a departed client: 499)."""
-        self._end("error", getattr(error, "reason", "internal"))
+        self.end("error", getattr(error, "reason", "internal"))
         return ClientGone() if self.client_gone else error
 
     def text(self) -> str:
         """The whole reply, for the JSON route; an upstream failure raises."""
         try:
-            reply = "".join(self._texts())
+            reply = "".join(self.texts())
         except BaseException as error:
             raise self._opening_failed(error) from None
         finally:
             self.close_source()
-        self._end("complete")
+        self.end("complete")
         self.writes.handed_at = time.monotonic()  # the server writes it once the view returns
         return repaired(reply)
 
     def __iter__(self) -> Iterator[bytes]:
-        self._body = self.writes.timed(self._events() if self.framing == "sse" else self._plain())
+        body = bodies.events(self) if self.framing == "sse" else bodies.plain(self)
+        self._body = self.writes.timed(body)
         return self._body
 
     def close(self) -> None:
@@ -121,7 +123,7 @@ class Relay:
         self.finished = True
         if self._body is not None:
             self._body.close()
-        if self._pump is None or not self._pump.reading:
+        if self.reads_source_here():
             self.close_source()
         elif self.outcome != "complete":
             # Unblock the pump (unless the reply is complete: then it may be draining the
@@ -133,7 +135,7 @@ class Relay:
         """The text received so far (kept only when someone is told how the reply ended)."""
         return repaired("".join(self._texts_kept or ()))
 
-    def _end(self, outcome: str, reason: str | None = None) -> None:
+    def end(self, outcome: str, reason: str | None = None) -> None:
         self.finished = True
         if not self.client_gone:  # else how the reply ended was settled when the client left
             self.outcome, self.reason = outcome, reason
@@ -162,8 +164,8 @@ class Relay:
         self.client_gone = True
         self.outcome = "disconnected"
         self._cancel()
-        if self._pump is not None:  # wake a wait for the opener or the pump at once
-            self._pump.wake(ClientGone())
+        if self.pump is not None:  # wake a wait for the opener or the pump at once
+            self.pump.wake(ClientGone())
 
     def close_source(self) -> None:
         """Close the model's stream, once; only from the greenlet that reads it.
@@ -177,22 +179,26 @@ class Relay:
             self._source_closed = True
             self.source.close()
 
+    def reads_source_here(self) -> bool:
+        """Does the request's greenlet read the source (no pump reads it)?"""
+        return self.pump is None or not self.pump.reading
+
     def _cancel(self) -> None:
         cancel = getattr(self.source, "cancel", None)
         if cancel is not None:
             cancel()
 
-    def _texts(self) -> Iterator[str]:
+    def texts(self) -> Iterator[str]:
         """The answer's text deltas, counted; reasoning is counted and left out."""
-        item: Delta | BaseException = self._first
+        item: Delta | BaseException = self.first
         if item is SILENT:
-            assert self._pump is not None
-            item = self._pump.next()  # the opener stopped waiting for it: wait on here
+            assert self.pump is not None
+            item = self.pump.next()  # the opener stopped waiting for it: wait on here
         fair = TimeSlice()
         while True:
             fair.tick()
             if type(item) is str:
-                self._count(item)
+                self.count(item)
                 yield item
             elif type(item) is Reasoning:
                 self.reasoning_chars += len(item)
@@ -206,79 +212,23 @@ class Relay:
             except StopIteration:
                 return
 
-    def _failed(self, error: Exception) -> str | None:
+    def failed(self, error: Exception) -> str | None:
         """Record a failure after the start; the sentence to send, or None when nobody listens."""
         if self.client_gone:  # whatever broke, it broke because the client left
-            self._end("disconnected")
+            self.end("disconnected")
             return None
         if isinstance(error, UpstreamError):
-            self._end("error", error.reason)
+            self.end("error", error.reason)
             return error.message
         # A bug: said in-band, and logged once with its traceback.
         log.error("unhandled %s while streaming a reply", type(error).__name__, exc_info=error)
-        self._end("error", "internal")
+        self.end("error", "internal")
         return INTERNAL_ERROR
 
-    def _count(self, text: str) -> None:
+    def count(self, text: str) -> None:
         if self.ttft_ms is None:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
         self.chunks += 1
         self.chars += len(text)
         if self._texts_kept is not None:
             self._texts_kept.append(text)
-
-    def _plain(self) -> Generator[bytes]:
-        carry = ""
-        try:
-            if type(self._first) is not str:
-                yield b""  # no text yet: the server sends the headers now all the same
-            for text in self._texts():
-                data, carry = utf8(carry + text)
-                if data:
-                    yield data
-            if carry:
-                yield REPLACEMENT
-            self._end("complete")
-        except Exception as error:
-            message = self._failed(error)
-            if message:
-                yield f"\n[error: {message}]".encode()
-        finally:
-            if self._pump is None or not self._pump.reading:
-                self.close_source()  # read to its end here: released before the last write
-
-    def _events(self) -> Generator[bytes]:
-        """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
-        pump = self._pump
-        assert pump is not None
-        item: Delta | BaseException = self._first
-        try:
-            yield sse.frame({"type": "metadata", **self.metadata})
-            if item is SILENT:
-                item = pump.next(self.ping_s)
-            fair = TimeSlice()
-            while True:
-                fair.tick()
-                if type(item) is str:
-                    self._count(item)
-                    yield sse.frame({"type": "token", "content": item})
-                elif type(item) is Reasoning:
-                    self.reasoning_chars += len(item)
-                    yield sse.frame({"type": "reasoning", "content": str(item)})
-                elif isinstance(item, BaseException):
-                    raise item
-                elif item is not PING:
-                    self.usage = item if isinstance(item, Usage) else None
-                    usage = self.usage.as_dict() if self.usage else None
-                    self._end("complete")  # stored before the client hears that it is done
-                    yield sse.frame({"type": "done", "usage": usage})
-                    return
-                else:
-                    yield sse.PING
-                item = pump.next(self.ping_s)
-        except Exception as error:
-            message = self._failed(error)
-            if message:
-                yield sse.frame({"type": "error", "message": message})
-        finally:
-            self.finished = True

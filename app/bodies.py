@@ -1,0 +1,75 @@
+"""The stream route's two bodies of a reply: plain UTF-8 text, or Server-Sent Events.
+
+Each is a generator the WSGI server drives; the relay keeps the reply's figures and ends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING
+
+from . import sse
+from .pump import PING, SILENT
+from .stream import REPLACEMENT, Delta, Reasoning, TimeSlice, Usage, utf8
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+
+def plain(relay: Relay) -> Generator[bytes]:
+    """The reply's text as UTF-8, a chunk per delta; a failure after the start as a last line."""
+    carry = ""
+    try:
+        if type(relay.first) is not str:
+            yield b""  # no text yet: the server sends the headers now all the same
+        for text in relay.texts():
+            data, carry = utf8(carry + text)
+            if data:
+                yield data
+        if carry:
+            yield REPLACEMENT
+        relay.end("complete")
+    except Exception as error:
+        message = relay.failed(error)
+        if message:
+            yield f"\n[error: {message}]".encode()
+    finally:
+        if relay.reads_source_here():
+            relay.close_source()  # read to its end here: released before the last write
+
+
+def events(relay: Relay) -> Generator[bytes]:
+    """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
+    pump = relay.pump
+    assert pump is not None
+    item: Delta | BaseException = relay.first
+    try:
+        yield sse.frame({"type": "metadata", **relay.metadata})
+        if item is SILENT:
+            item = pump.next(relay.ping_s)
+        fair = TimeSlice()
+        while True:
+            fair.tick()
+            if type(item) is str:
+                relay.count(item)
+                yield sse.frame({"type": "token", "content": item})
+            elif type(item) is Reasoning:
+                relay.reasoning_chars += len(item)
+                yield sse.frame({"type": "reasoning", "content": str(item)})
+            elif isinstance(item, BaseException):
+                raise item
+            elif item is not PING:
+                relay.usage = item if isinstance(item, Usage) else None
+                usage = relay.usage.as_dict() if relay.usage else None
+                relay.end("complete")  # stored before the client hears that it is done
+                yield sse.frame({"type": "done", "usage": usage})
+                return
+            else:
+                yield sse.PING
+            item = pump.next(relay.ping_s)
+    except Exception as error:
+        message = relay.failed(error)
+        if message:
+            yield sse.frame({"type": "error", "message": message})
+    finally:
+        relay.finished = True
