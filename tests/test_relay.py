@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import threading
 import time
 import types
@@ -137,17 +138,35 @@ def test_a_reply_closed_before_its_late_first_delta_still_closes_the_source(fram
     assert closed.wait(1.0)
 
 
+def fake_clock(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> list[float]:
+    """The relaying loops' clock reads ``clock[0]``; what they sleep is recorded, not slept."""
+    sleeps: list[float] = []
+    fake_time = types.SimpleNamespace(
+        perf_counter=lambda: clock[0], monotonic=time.monotonic, sleep=sleeps.append
+    )
+    monkeypatch.setattr("app.stream.time", fake_time)
+    return sleeps
+
+
+def read_all(relay: Relay, text: str) -> None:
+    """Open the reply and read it to its end as its route does."""
+    relay.open()
+    if relay.framing == "json":
+        assert relay.text() == text
+    elif relay.framing == "sse":
+        events = [json.loads(line[6:]) for line in b"".join(relay).split(b"\n\n") if line]
+        assert "".join(e["content"] for e in events if e["type"] == "token") == text
+    else:
+        assert b"".join(relay) == text.encode()
+
+
 @pytest.mark.parametrize(("gap_s", "yields"), [(0.0001, True), (0.01, False)], ids=["unpaced", "paced"])
 @pytest.mark.parametrize("framing", ["text", "sse", "json"])
 def test_a_reply_that_never_waits_lets_the_others_run(
     monkeypatch: pytest.MonkeyPatch, framing: str, gap_s: float, yields: bool
 ) -> None:
     clock = [0.0]
-    sleeps: list[float] = []
-    fake_time = types.SimpleNamespace(
-        perf_counter=lambda: clock[0], monotonic=time.monotonic, sleep=sleeps.append
-    )
-    monkeypatch.setattr("app.stream.time", fake_time)
+    sleeps = fake_clock(monkeypatch, clock)
 
     def model() -> Generator[Delta]:
         for _ in range(80):  # 8 ms of unpaced deltas, or 800 ms of paced ones
@@ -155,12 +174,7 @@ def test_a_reply_that_never_waits_lets_the_others_run(
             yield "x"
         yield Usage(1, 80)
 
-    relay = Relay(model(), started=0.0, framing=framing)
-    relay.open()
-    if framing == "json":
-        assert relay.text() == "x" * 80
-    else:
-        list(relay)
+    read_all(Relay(model(), started=0.0, framing=framing), "x" * 80)
     # Every SLICE_S without a wait (in SSE, the pump and the body each count); never when paced.
     if yields:
         assert len(sleeps) >= 80 * gap_s / SLICE_S / 2  # a turn at least every other slice
@@ -174,21 +188,12 @@ def test_the_first_delta_costs_no_turn_however_long_the_request_took(
     monkeypatch: pytest.MonkeyPatch, framing: str
 ) -> None:
     clock = [100.0]
-    sleeps: list[float] = []
-    fake_time = types.SimpleNamespace(
-        perf_counter=lambda: clock[0], monotonic=time.monotonic, sleep=sleeps.append
-    )
-    monkeypatch.setattr("app.stream.time", fake_time)
+    sleeps = fake_clock(monkeypatch, clock)
 
     def model() -> Generator[Delta]:
         clock[0] += SLICE_S * 2.5  # the request sent and answered: longer than a slice, not a wait
         yield "x"
         yield Usage(1, 1)
 
-    relay = Relay(model(), started=0.0, framing=framing)
-    relay.open()
-    if framing == "json":
-        assert relay.text() == "x"
-    else:
-        list(relay)
+    read_all(Relay(model(), started=0.0, framing=framing), "x")
     assert sleeps == []
