@@ -1,5 +1,5 @@
 """One reply in flight: model deltas counted, how it ended settled once, the upstream closed on
-every exit. The stream route's bodies (plain text, SSE) are in ``bodies``.
+every exit. The stream route's bodies (plain text, SSE) are in ``framing``.
 
 Plain Python: the view hands in plain values, and the WSGI server drives the body and
 calls ``close()`` when the last byte went out or the client left.
@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from . import bodies, hangup
+from . import framing, hangup
 from .errors import ClientGone, UpstreamError
 from .pump import SILENT, Pump
 from .stream import Delta, Reasoning, Source, TimeSlice, Usage, repaired
@@ -109,7 +109,7 @@ class Relay:
         return repaired(reply)
 
     def __iter__(self) -> Iterator[bytes]:
-        body = bodies.events(self) if self.framing == "sse" else bodies.plain(self)
+        body = framing.stream_events(self) if self.framing == "sse" else framing.stream_text(self)
         self._body = self.writes.timed(body)
         return self._body
 

@@ -260,7 +260,7 @@ class Transport(httpx2.BaseTransport):
 
 
 class Body(httpx2.SyncByteStream):
-    """One response: its head, then its body as it arrives (one piece per network read)."""
+    """One response: its head, then its body as it arrives (each chunk's data as it comes)."""
 
     def __init__(
         self,

@@ -7,11 +7,12 @@ import sys
 from tests.support import ROOT
 
 SCRIPT = """
-import gc, json, runpy
+import gc, json, runpy, types
 hooks = runpy.run_path("gunicorn.conf.py")
 import flask, openai  # what a worker has loaded by then
 before = gc.get_freeze_count()
-hooks["collect_less"]()
+worker = types.SimpleNamespace(cfg=types.SimpleNamespace(keepalive=2), alive=True)
+hooks["post_worker_init"](worker)  # as gunicorn calls it once the worker loaded the app
 print(json.dumps({"before": before, "frozen": gc.get_freeze_count(), "threshold": gc.get_threshold()}))
 """
 

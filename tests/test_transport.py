@@ -143,7 +143,7 @@ def body_pieces(reads: list[bytes]) -> tuple[list[bytes], Pool, Reads]:
 
 
 def test_each_chunk_comes_as_a_piece_of_its_own_even_when_one_read_holds_them_all() -> None:
-    # One upstream chunk is one event, and one event one delta to the client: never joined.
+    # Chunks a single read brought stay apart: joining them would join deltas the client gets apart.
     pieces, pool, connection = body_pieces([HEAD + CHUNKED])
     assert pieces == [b"data: ", b"one", b"\n\ndata: two\n\n"]
     assert pool.released == [connection]  # read to its end: kept for the next request

@@ -13,7 +13,7 @@ from . import scenarios
 
 FULL = {
     "latency": 200,
-    # The 1,000-stream row the targets are read from starts them over one second, as traffic does;
+    # The ramped 1,000-stream row starts its streams over one second, as traffic arrives;
     # the rows at once show the worker's queue when they all arrive in the same instant.
     "concurrency": [
         {"streams": 200},

@@ -1,4 +1,4 @@
-"""The stream route's two bodies of a reply: plain UTF-8 text, or Server-Sent Events.
+"""The stream route's two framings of a reply: plain UTF-8 text, or Server-Sent Events.
 
 Each is a generator the WSGI server drives; the relay keeps the reply's figures and ends it.
 """
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .relay import Relay
 
 
-def plain(relay: Relay) -> Generator[bytes]:
+def stream_text(relay: Relay) -> Generator[bytes]:
     """The reply's text as UTF-8, a chunk per delta; a failure after the start as a last line."""
     carry = ""
     try:
@@ -38,7 +38,7 @@ def plain(relay: Relay) -> Generator[bytes]:
             relay.close_source()  # read to its end here: released before the last write
 
 
-def events(relay: Relay) -> Generator[bytes]:
+def stream_events(relay: Relay) -> Generator[bytes]:
     """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
     pump = relay.pump
     assert pump is not None
