@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from . import sse
 from .pump import PING, SILENT
-from .stream import REPLACEMENT, Delta, Reasoning, TimeSlice, Usage, utf8
+from .stream import REPLACEMENT, Delta, Reasoning, TimeSlice, utf8
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -54,15 +54,14 @@ def stream_events(relay: Relay) -> Generator[bytes]:
                 relay.count(item)
                 yield sse.frame({"type": "token", "content": item})
             elif type(item) is Reasoning:
-                relay.reasoning_chars += len(item)
+                relay.count_reasoning(item)
                 yield sse.frame({"type": "reasoning", "content": str(item)})
             elif isinstance(item, BaseException):
                 raise item
             elif item is not PING:
-                relay.usage = item if isinstance(item, Usage) else None
-                usage = relay.usage.as_dict() if relay.usage else None
+                usage = relay.take_usage(item)
                 relay.end("complete")  # stored before the client hears that it is done
-                yield sse.frame({"type": "done", "usage": usage})
+                yield sse.frame({"type": "done", "usage": usage.as_dict() if usage else None})
                 return
             else:
                 yield sse.PING

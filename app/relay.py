@@ -8,15 +8,17 @@ calls ``close()`` when the last byte went out or the client left.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import framing, hangup
 from .errors import ClientGone, UpstreamError
 from .pump import SILENT, Pump
 from .stream import Delta, Reasoning, Source, TimeSlice, Usage, repaired
+
+if TYPE_CHECKING:
+    import socket
 
 log = logging.getLogger(__name__)
 
@@ -201,11 +203,11 @@ class Relay:
                 self.count(item)
                 yield item
             elif type(item) is Reasoning:
-                self.reasoning_chars += len(item)
+                self.count_reasoning(item)
             elif isinstance(item, BaseException):
                 raise item
             else:
-                self.usage = item if isinstance(item, Usage) else None
+                self.take_usage(item)
                 return  # the usage (or None) is the last item: the reply is over
             try:
                 item = next(self.deltas)
@@ -224,6 +226,14 @@ class Relay:
         log.error("unhandled %s while streaming a reply", type(error).__name__, exc_info=error)
         self.end("error", "internal")
         return INTERNAL_ERROR
+
+    def count_reasoning(self, text: Reasoning) -> None:
+        self.reasoning_chars += len(text)
+
+    def take_usage(self, last: Delta) -> Usage | None:
+        """Keep the reply's last item as its usage (None when the model reported none)."""
+        self.usage = last if isinstance(last, Usage) else None
+        return self.usage
 
     def count(self, text: str) -> None:
         if self.ttft_ms is None:
