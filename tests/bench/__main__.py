@@ -37,7 +37,11 @@ QUICK = {
 
 
 def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
-    report: dict[str, Any] = {"pinning": scenarios.pinning(), "python": platform.python_version()}
+    report: dict[str, Any] = {
+        "pinning": scenarios.pinning(),
+        "python": platform.python_version(),
+        "python_pace_us": scenarios.python_pace(),
+    }
     for api in ("chat", "responses"):
         if "latency" in names:
             report.setdefault("latency", []).append(scenarios.latency(api, sizes["latency"]))
@@ -57,15 +61,20 @@ def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def show(report: dict[str, Any]) -> None:
-    print(f"# {report['pinning']}; Python {report['python']}")
+    print(
+        f"# {report['pinning']}; Python {report['python']}, "
+        f"sum(range(1000)) in {report['python_pace_us']:.1f} us on the service's core"
+    )
     for row in report.get("latency", []):
         print(
             f"latency      {row['api']:9} 1 client, {row['requests']} streams of 20 deltas | "
             f"TTFB direct p50 {row['direct_ttfb_p50_ms']:.2f} ms, "
             f"service p50 {row['service_ttfb_p50_ms']:.2f} p99 {row['service_ttfb_p99_ms']:.2f} ms, "
-            f"added p50 {row['added_ttfb_p50_ms']:.2f} ms | "
+            f"added p50 {row['added_ttfb_p50_ms']:.2f} ms (floor {row['floor_added_ttfb_p50_ms']:.2f}) | "
             f"total p50 {row['service_total_p50_ms']:.2f} ms | "
-            f"server CPU {row['server_cpu_us_per_request']:.0f} us/request | errors {row['errors']}"
+            f"server CPU {row['server_cpu_us_per_request']:.0f} us/request "
+            f"(floor {row['floor_cpu_us_per_request']:.0f}) | "
+            f"errors {row['errors']} (floor {row['floor_errors']})"
         )
     for row in report.get("concurrency", []):
         direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""
@@ -84,6 +93,15 @@ def show(report: dict[str, Any]) -> None:
             )
             + f" | errors {row['errors']}"
         )
+        if "floor" in row:
+            floor = row["floor"]
+            print(
+                f"  floor      {row['api']:9} the same through a raw gevent relay | "
+                f"all done {floor['all_done_s']:.2f} s | TTFB p50 {floor['ttfb_p50_ms'] or 0:.1f} "
+                f"p99 {floor['ttfb_p99_ms'] or 0:.1f} ms | "
+                f"CPU {floor['cpu_ms_per_1000_paced_deltas']:.1f} ms per 1000 paced deltas | "
+                f"errors {floor['errors']}"
+            )
     for row in report.get("fairness", []):
         for case in ("alone", "beside_bursts"):
             figures = row[case]

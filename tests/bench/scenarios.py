@@ -35,30 +35,39 @@ def pinning() -> str:
     return f"service pinned to core {server}; load generator and fake upstream to core {load}"
 
 
-class Upstream:
+class Helper:
+    """A process of the benchmark's own, pinned to ``cpus``; the first line it prints says it is ready."""
+
+    def __init__(self, module: str, args: list[str], cpus: set[int]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
+        assert self.process.stdout is not None
+        self.ready = self.process.stdout.readline().strip()
+
+    def cpu_ns(self) -> int:
+        with open(f"/proc/{self.process.pid}/schedstat") as stat:
+            return int(stat.read().split()[0])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+
+class Upstream(Helper):
     """The fast fake upstream in a process of its own."""
 
     def __init__(self, deltas: int, delay: float, burst_deltas: int = 0) -> None:
         self.deltas = deltas
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.bench.upstream",
-                *("--port", str(free_port())),
-                "--deltas",
-                str(deltas),
-                "--delay",
-                str(delay),
-                *("--burst-deltas", str(burst_deltas)),
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, LOAD_CPUS),
-        )
-        assert self.process.stdout is not None
-        self.base_url = self.process.stdout.readline().strip()
+        args = ["--port", str(free_port()), "--deltas", str(deltas), "--delay", str(delay)]
+        super().__init__("tests.bench.upstream", [*args, "--burst-deltas", str(burst_deltas)], LOAD_CPUS)
+        self.base_url = self.ready
         self.port = int(self.base_url.rsplit(":", 1)[1].split("/")[0])
         self.expected = "".join(f" tok{i}" for i in range(deltas)).encode()
         self.expected_burst = "".join(f" tok{i}" for i in range(burst_deltas)).encode()
@@ -70,10 +79,6 @@ class Upstream:
     def direct(self, api: str) -> bytes:
         """A request for the upstream itself, as the service would send it."""
         return post(PATHS[api], {"model": "gpt-4o-mini", "stream": True, "input": "hi"})
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 class Service(LiveServer):
@@ -102,6 +107,16 @@ class Service(LiveServer):
         raise RuntimeError("no VmRSS")
 
 
+class Floor(Helper):
+    """The raw gevent relay (``floor.py``) on the service's core: what Python + gevent cost here."""
+
+    def __init__(self, upstream: Upstream, api: str) -> None:
+        self.port = free_port()
+        args = ["--port", str(self.port), "--upstream", upstream.base_url, "--api", api]
+        super().__init__("tests.bench.floor", args, SERVER_CPUS)
+        self.request = post("/api/chat/stream", ASK)
+
+
 def checked(results: list[Result], expected: bytes) -> int:
     """How many requests failed: an error, a status other than 200, or a body not byte for byte."""
     return sum(1 for r in results if r.error or r.status != 200 or r.body != expected)
@@ -114,42 +129,52 @@ def p(values: list[float], share: float) -> float:
 
 
 def latency(api: str, count: int) -> dict[str, Any]:
-    """1 client, ``count`` sequential streams of 20 deltas, read directly and through the service."""
+    """1 client, ``count`` sequential streams of 20 deltas, read directly, through the floor
+    relay and through the service, in turn (so a change in the machine's pace hits all three)."""
     upstream = Upstream(deltas=20, delay=0.0)
     service = Service(upstream, api)
+    floor = Floor(upstream, api)
     direct_request = upstream.direct(api)
     try:
 
-        async def run() -> tuple[list[Result], list[Result]]:
-            direct, relayed = [], []
+        async def run() -> tuple[list[Result], list[Result], list[Result]]:
+            direct, floored, relayed = [], [], []
             for _ in range(20):
                 await fetch(upstream.port, direct_request, MARKERS[api])
+                await fetch(floor.port, floor.request)
                 await fetch(service.port, service.request)
             for _ in range(count):
                 direct.append(await fetch(upstream.port, direct_request, MARKERS[api]))
+                floored.append(await fetch(floor.port, floor.request))
                 relayed.append(await fetch(service.port, service.request))
-            return direct, relayed
+            return direct, floored, relayed
 
-        cpu_before = service.cpu_ns()
-        direct, relayed = asyncio.run(run())
+        cpu_before, floor_cpu_before = service.cpu_ns(), floor.cpu_ns()
+        direct, floored, relayed = asyncio.run(run())
         cpu_us = (service.cpu_ns() - cpu_before) / 1e3 / (count + 20)
+        floor_cpu_us = (floor.cpu_ns() - floor_cpu_before) / 1e3 / (count + 20)
     finally:
+        floor.stop()
         service.stop()
         upstream.stop()
     added = [(s.ttfb - d.ttfb) for s, d in zip(relayed, direct, strict=True)]
+    floor_added = [(f.ttfb - d.ttfb) for f, d in zip(floored, direct, strict=True)]
     return {
         "api": api,
         "requests": count,
         "errors": checked(relayed, upstream.expected),
+        "floor_errors": checked(floored, upstream.expected),
         "direct_ttfb_p50_ms": p([r.ttfb for r in direct], 0.5),
         "direct_ttfb_p99_ms": p([r.ttfb for r in direct], 0.99),
         "service_ttfb_p50_ms": p([r.ttfb for r in relayed], 0.5),
         "service_ttfb_p99_ms": p([r.ttfb for r in relayed], 0.99),
         "added_ttfb_p50_ms": statistics.median(added) * 1000.0,
+        "floor_added_ttfb_p50_ms": statistics.median(floor_added) * 1000.0,
         "direct_total_p50_ms": p([r.total for r in direct], 0.5),
         "service_total_p50_ms": p([r.total for r in relayed], 0.5),
         "service_total_p99_ms": p([r.total for r in relayed], 0.99),
         "server_cpu_us_per_request": cpu_us,
+        "floor_cpu_us_per_request": floor_cpu_us,
     }
 
 
@@ -182,6 +207,7 @@ def concurrency(api: str, streams: int, ramp_s: float = 0.0, direct_too: bool = 
         if direct_too:
             results, elapsed, _ = asyncio.run(run(upstream.port, upstream.direct(api), MARKERS[api]))
             figures["direct_all_done_s"] = elapsed
+            figures["floor"] = floor_concurrency(upstream, api, streams, ramp_s)
         asyncio.run(fetch_many(service.port, service.request, 20))  # warm up
         base_kb = service.rss_kb()
         cpu_before = service.cpu_ns()
@@ -203,6 +229,42 @@ def concurrency(api: str, streams: int, ramp_s: float = 0.0, direct_too: bool = 
         rss_per_stream_kb=(peak_kb - base_kb) / streams,
     )
     return figures
+
+
+def floor_concurrency(upstream: Upstream, api: str, streams: int, ramp_s: float) -> dict[str, Any]:
+    """The same streams through the floor relay on the service's core."""
+    floor = Floor(upstream, api)
+    try:
+        asyncio.run(fetch_many(floor.port, floor.request, 20))  # warm up
+        cpu_before = floor.cpu_ns()
+        started = time.perf_counter()
+        results = asyncio.run(fetch_many(floor.port, floor.request, streams, None, ramp_s))
+        elapsed = time.perf_counter() - started
+        cpu_ms = (floor.cpu_ns() - cpu_before) / 1e6
+    finally:
+        floor.stop()
+    ok = [r for r in results if not r.error and r.status == 200]
+    return {
+        "all_done_s": elapsed,
+        "errors": checked(results, upstream.expected),
+        "ttfb_p50_ms": p([r.ttfb for r in ok], 0.5) if ok else None,
+        "ttfb_p99_ms": p([r.ttfb for r in ok], 0.99) if ok else None,
+        "cpu_ms_per_1000_paced_deltas": cpu_ms / (streams * upstream.deltas) * 1000,
+    }
+
+
+def python_pace() -> float:
+    """Microseconds for ``sum(range(1000))`` on the service's core: how fast this machine runs
+    Python today, for comparing runs on different days."""
+    script = "import timeit; print(min(timeit.repeat('sum(range(1000))', number=2000)) / 2000 * 1e6)"
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=lambda: os.sched_setaffinity(0, SERVER_CPUS),
+    )
+    return float(out.stdout)
 
 
 def open_cost(api: str, streams: int) -> float:
