@@ -60,6 +60,7 @@ class Relay:
         self._body: Generator[bytes] | None = None
         self.pump: Pump | None = None  # SSE, and plain text's first delta: read in a greenlet of its own
         self.writes = hangup.Writes(write_timeout_s)
+        self.watch: hangup.LoopWatch | None = None
         self._closed = False
         self._source_closed = False
 
@@ -72,7 +73,7 @@ class Relay:
         """
         if self.framing == "json":
             if client is not None:
-                hangup.start(client, self)
+                self.watch = hangup.start(client, self)
             try:
                 self.first = next(self.deltas)
             except StopIteration:
@@ -85,7 +86,7 @@ class Relay:
         if client is not None:
             # After the pump: it sends the model its request first, and the watcher starts
             # while the model is answering (measured: 40 us less time to the first byte).
-            hangup.start(client, self)
+            self.watch = hangup.start(client, self)
         item = self.pump.first(wait_s)  # SILENT: the response starts all the same
         if isinstance(item, BaseException):
             raise self._opening_failed(item) from None
@@ -123,6 +124,8 @@ class Relay:
         self._closed = True
         self.writes.handed_at = None
         self.finished = True
+        if self.watch is not None:
+            self.watch.stop()  # the server closes the client's socket next
         if self._body is not None:
             self._body.close()
         if self.reads_source_here():

@@ -6,8 +6,9 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 
+import gevent
 import pytest
 
 from app import hangup
@@ -257,3 +258,135 @@ def test_a_client_leaving_before_the_response_started_is_a_499(
     assert caught.value.status == 499
     assert (relay.outcome, relay.reason) == ("disconnected", None)
     assert source.closed.wait(1.0)
+
+
+# The event loop's watcher (gevent's worker): driven here by running gevent's loop in the test.
+
+
+def run_loop_until(predicate: Callable[[], object], timeout: float = 2.0) -> bool:
+    """Let gevent's loop run until ``predicate()`` is true or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        gevent.sleep(0.01)
+    return bool(predicate())
+
+
+def test_the_loop_watch_hangs_up_when_the_client_does(pair: tuple[socket.socket, socket.socket]) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    watch = hangup.LoopWatch(server_side, relay)
+    client_side.close()
+    assert run_loop_until(source.cancelled.is_set)
+    assert watch.ended == "gone"
+    assert relay.client_gone and relay.outcome == "disconnected"
+    relay.close()
+
+
+def test_the_loop_watch_leaves_a_pipelined_request_for_the_server(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side)
+    relay.watch = watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    client_side.sendall(b"GET /next HTTP/1.1\r\n")
+    assert run_loop_until(client.read.is_set)  # it saw the bytes and peeked at them
+    client_side.shutdown(socket.SHUT_WR)  # after a pipelined request, a hang-up no longer shows
+    gevent.sleep(0.2)
+    assert not source.cancelled.is_set() and watch.ended is None
+    relay.open()
+    assert list(relay) == [b"a"]
+    relay.close()
+    assert watch.ended == "over"
+    assert server_side.recv(64) == b"GET /next HTTP/1.1\r\n"  # still there for the server
+
+
+def test_the_loop_watch_stops_when_the_reply_closes(pair: tuple[socket.socket, socket.socket]) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side)
+    relay.watch = watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    relay.open()
+    body = iter(relay)
+    assert next(body) == b"a"
+    gevent.sleep(0.1)  # ticks while the server writes
+    assert watch.ended is None
+    assert list(body) == []
+    relay.close()
+    assert watch.ended == "over"
+    client_side.sendall(b"GET /next HTTP/1.1\r\n")  # the next request is the server's
+    client_side.close()
+    gevent.sleep(0.2)
+    assert not client.read.is_set() and not source.cancelled.is_set()
+
+
+def test_the_loop_watch_lets_go_of_a_reply_that_ended_without_a_close(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server_side, _ = pair
+    relay = Relay(Cancellable("a"), started=0.0)
+    watch = hangup.LoopWatch(server_side, relay)
+    relay.open()
+    assert list(relay) == [b"a"]  # over, as far as the server tells, but not closed
+    assert run_loop_until(lambda: watch.ended)  # at the next tick
+    assert watch.ended == "over"
+
+
+@pytest.mark.parametrize("framing", ["text", "json"])
+def test_the_loop_watch_drops_a_client_that_takes_nothing(
+    pair: tuple[socket.socket, socket.socket], framing: str
+) -> None:
+    server_side, _ = pair
+    source = Cancellable("a", "b")
+    relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
+    watch = hangup.LoopWatch(server_side, relay)
+    relay.open()
+    if framing == "json":
+        assert relay.text() == "ab"  # the server is now writing it, and never gets it out
+    else:
+        next(iter(relay))  # the server is now writing the first chunk, and never gets it out
+    assert run_loop_until(source.cancelled.is_set)
+    assert watch.ended == "client_stalled"
+    assert (relay.outcome, relay.reason) == ("disconnected", "client_stalled")
+    server_side.settimeout(1.0)
+    with pytest.raises(OSError):
+        server_side.sendall(b"x" * 1024)  # the waiting write fails at once
+    relay.close()
+
+
+def test_the_loop_watch_takes_an_unreadable_socket_for_no_hang_up(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side, fail=True)
+    watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    client_side.sendall(b"x")  # readable, and then the read fails
+    assert run_loop_until(lambda: watch.ended)
+    assert watch.ended == "unreadable" and client.read.is_set()
+    assert not source.cancelled.is_set() and not relay.client_gone
+    relay.close()
+
+
+def test_start_watches_from_the_loop_under_gevent_and_in_a_thread_elsewhere(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_side, client_side = pair
+    monkeypatch.setattr(hangup.monkey, "is_module_patched", lambda name: name == "socket")
+    relay = Relay(Cancellable("a"), started=0.0)
+    relay.open(client=server_side)
+    assert isinstance(relay.watch, hangup.LoopWatch)
+    relay.close()
+    assert relay.watch.ended == "over"  # stopped with the reply
+    monkeypatch.setattr(hangup.monkey, "is_module_patched", lambda name: False)
+    source = Cancellable("a")
+    threaded = Relay(source, started=0.0)
+    threaded.open(client=server_side)
+    assert threaded.watch is None
+    client_side.close()
+    assert source.cancelled.wait(1.0)  # the thread saw the hang-up
+    threaded.close()
