@@ -180,18 +180,29 @@ def test_a_client_that_takes_nothing_is_dropped_like_one_that_left(
     source = Cancellable("a", "b", "c")
     relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
     watcher = Watcher(server_side, relay)
-    relay.open()
-    if framing == "json":
-        assert relay.text() == "abc"  # the server is now writing it, and never gets it out
-    else:
-        next(iter(relay))  # the server is now writing the first chunk, and never gets it out
+    start_writing(relay, "abc")
     assert source.cancelled.wait(2.0)
     assert watcher.result() == "client_stalled"
+    assert_dropped(relay, server_side)
+
+
+def start_writing(relay: Relay, whole: str) -> None:
+    """Open ``relay`` and hand the server its first chunk (JSON: the whole reply), which the
+    client never takes."""
+    relay.open()
+    if relay.framing == "json":
+        assert relay.text() == whole
+    else:
+        next(iter(relay))
+
+
+def assert_dropped(relay: Relay, server_side: socket.socket) -> None:
+    """The relay ended as a stalled client's, and the server's waiting write fails at once."""
     assert relay.client_gone
     assert (relay.outcome, relay.reason) == ("disconnected", "client_stalled")
     server_side.settimeout(1.0)
     with pytest.raises(OSError):
-        server_side.sendall(b"x" * 1024)  # the waiting write fails at once
+        server_side.sendall(b"x" * 1024)
     relay.close()
 
 
@@ -343,18 +354,10 @@ def test_the_loop_watch_drops_a_client_that_takes_nothing(
     source = Cancellable("a", "b")
     relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
     watch = hangup.LoopWatch(server_side, relay)
-    relay.open()
-    if framing == "json":
-        assert relay.text() == "ab"  # the server is now writing it, and never gets it out
-    else:
-        next(iter(relay))  # the server is now writing the first chunk, and never gets it out
+    start_writing(relay, "ab")
     assert run_loop_until(source.cancelled.is_set)
     assert watch.ended == "client_stalled"
-    assert (relay.outcome, relay.reason) == ("disconnected", "client_stalled")
-    server_side.settimeout(1.0)
-    with pytest.raises(OSError):
-        server_side.sendall(b"x" * 1024)  # the waiting write fails at once
-    relay.close()
+    assert_dropped(relay, server_side)
 
 
 def test_the_loop_watch_takes_an_unreadable_socket_for_no_hang_up(
