@@ -346,7 +346,7 @@ def test_the_loop_watch_lets_go_of_a_reply_that_ended_without_a_close(
     assert watch.ended == "over"
 
 
-@pytest.mark.parametrize("framing", ["text", "json"])
+@pytest.mark.parametrize("framing", ["text", "sse", "json"])
 def test_the_loop_watch_drops_a_client_that_takes_nothing(
     pair: tuple[socket.socket, socket.socket], framing: str
 ) -> None:
