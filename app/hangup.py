@@ -108,7 +108,6 @@ class LoopWatch:
         if self.reply.over():
             self.stop()
         elif self.reply.writes.stalled():
-            self.stop("client_stalled")
             spawn(self._drop)
 
     def _peek(self) -> None:
@@ -123,6 +122,12 @@ class LoopWatch:
             self.reply.hung_up(None)
 
     def _drop(self) -> None:
+        if self.ended is not None or self.reply.over():
+            self.stop()
+            return
+        if not self.reply.writes.stalled():
+            return  # the write went out since the tick: the client takes its reply after all
+        self.stop("client_stalled")
         drop(self.client)
         self.reply.hung_up("client_stalled")
 
@@ -160,10 +165,14 @@ def watch(client: socket.socket, reply: Watched) -> str:
 
 def closed(client: socket.socket) -> bool | None:
     """Has the readable ``client`` closed its end (True) or sent more (False), looked at without
-    taking it? None when it cannot be read: only a sure hang-up may end a reply early, and any
-    other departure shows at the next write."""
+    taking it or waiting on it? None when it cannot be read: only a sure hang-up may end a reply
+    early, and any other departure shows at the next write."""
     try:
-        return not client.recv(1, socket.MSG_PEEK)
+        # The OS socket under gevent's: its recv would wait for data in place of saying there
+        # is none, and a greenlet waiting on the client's socket is one too many for gunicorn.
+        return not os_socket(client).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False  # nothing to read after all: not a hang-up
     except ConnectionResetError:
         return True
     except (OSError, ValueError):
@@ -171,8 +180,15 @@ def closed(client: socket.socket) -> bool | None:
 
 
 def drop(client: socket.socket) -> None:
-    """Reset a client that takes nothing: the server's waiting write fails at once, and the
-    kernel keeps no unsent reply for it."""
+    """Reset a client that takes nothing: the server's waiting write fails at once, as a write to
+    a departed client does (EPIPE: gunicorn logs nothing), and the kernel keeps no unsent reply."""
     with contextlib.suppress(OSError):
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.shutdown(socket.SHUT_RDWR)
+        # The OS socket's shutdown: gevent's would wake the waiting write with EBADF, which
+        # gunicorn logs as an error with a traceback.
+        os_socket(client).shutdown(socket.SHUT_RDWR)
+
+
+def os_socket(client: socket.socket) -> socket.socket:
+    """The operating system's socket: under gevent, the one its socket wraps."""
+    return getattr(client, "_sock", client)

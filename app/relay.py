@@ -162,10 +162,10 @@ class Relay:
 
     def hung_up(self, reason: str | None) -> None:
         """The watcher saw the client leave: end the upstream, and wake whoever waits on it."""
-        if reason:
-            self.reason = reason
         if self.over():
             return  # the reply went out whole just before the client left
+        if reason:
+            self.reason = reason
         self.client_gone = True
         self.outcome = "disconnected"
         self._cancel()

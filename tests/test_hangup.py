@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import threading
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 
 import gevent
+import gevent.socket
 import pytest
 
 from app import hangup
@@ -68,6 +70,16 @@ class Watcher(threading.Thread):
         return self.ended
 
 
+class LookedAt(hangup.Writes):
+    """The server's writes, counting how often the watcher looks for a stall."""
+
+    looks = 0
+
+    def stalled(self) -> bool:
+        self.looks += 1
+        return super().stalled()
+
+
 class Peeked:
     """A client socket that notes each read the watcher makes."""
 
@@ -80,7 +92,8 @@ class Peeked:
         return self.sock.fileno()
 
     def recv(self, size: int, flags: int = 0) -> bytes:
-        assert flags == socket.MSG_PEEK  # the watcher never takes what the server must read
+        assert flags & socket.MSG_PEEK  # the watcher never takes what the server must read
+        assert flags & socket.MSG_DONTWAIT  # nor waits on the client's socket
         self.read.set()
         if self.fail:
             raise OSError(22, "Invalid argument")
@@ -304,8 +317,11 @@ def test_the_loop_watch_leaves_a_pipelined_request_for_the_server(
     relay.watch = watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
     client_side.sendall(b"GET /next HTTP/1.1\r\n")
     assert run_loop_until(client.read.is_set)  # it saw the bytes and peeked at them
-    client_side.shutdown(socket.SHUT_WR)  # after a pipelined request, a hang-up no longer shows
-    gevent.sleep(0.2)
+    # After a pipelined request a hang-up no longer shows: the socket is no longer watched,
+    # only the stall clock ticks on.
+    assert not watch._readable.active and watch._tick.active
+    client_side.shutdown(socket.SHUT_WR)
+    gevent.idle()
     assert not source.cancelled.is_set() and watch.ended is None
     relay.open()
     assert list(relay) == [b"a"]
@@ -320,18 +336,21 @@ def test_the_loop_watch_stops_when_the_reply_closes(pair: tuple[socket.socket, s
     relay = Relay(source, started=0.0)
     client = Peeked(server_side)
     relay.watch = watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    relay.writes = writes = LookedAt(relay.writes.timeout_s)
     relay.open()
     body = iter(relay)
     assert next(body) == b"a"
-    gevent.sleep(0.1)  # ticks while the server writes
+    assert run_loop_until(lambda: writes.looks >= 2)  # ticks while the server writes
     assert watch.ended is None
     assert list(body) == []
     relay.close()
     assert watch.ended == "over"
+    assert not watch._readable.active and not watch._tick.active  # nothing of it is left on the loop
+    looks = writes.looks
     client_side.sendall(b"GET /next HTTP/1.1\r\n")  # the next request is the server's
     client_side.close()
-    gevent.sleep(0.2)
-    assert not client.read.is_set() and not source.cancelled.is_set()
+    gevent.idle()
+    assert not client.read.is_set() and not source.cancelled.is_set() and writes.looks == looks
 
 
 def test_the_loop_watch_lets_go_of_a_reply_that_ended_without_a_close(
@@ -358,6 +377,66 @@ def test_the_loop_watch_drops_a_client_that_takes_nothing(
     assert run_loop_until(source.cancelled.is_set)
     assert watch.ended == "client_stalled"
     assert_dropped(relay, server_side)
+
+
+def test_the_loop_watch_drops_a_stalled_client_as_a_departed_one_on_geventsockets() -> None:
+    # gevent's sockets, as the worker has: the server's waiting write must fail as a write to a
+    # departed client does (EPIPE), which gunicorn passes over; EBADF, it logs with a traceback.
+    server_side, client_side = gevent.socket.socketpair()
+    try:
+        source = Cancellable("a", "b")
+        relay = Relay(source, started=0.0, write_timeout_s=0.3)
+        watch = hangup.LoopWatch(server_side, relay)
+        start_writing(relay, "ab")
+        writing = gevent.spawn(server_side.sendall, b"x" * (1 << 24))  # more than buffers hold: it waits
+        writing.join(timeout=3.0)
+        assert watch.ended == "client_stalled" and source.cancelled.is_set()
+        assert isinstance(writing.exception, OSError)
+        assert writing.exception.errno in (errno.EPIPE, errno.ECONNRESET)
+        relay.close()
+    finally:
+        server_side.close()
+        client_side.close()
+
+
+def test_the_loop_watch_leaves_a_client_whose_write_went_out_before_the_drop(
+    pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server_side, client_side = pair
+    monkeypatch.setattr("app.hangup.POLL_MS", 60_000)  # no tick but the one below
+    source = Cancellable("a", "b")
+    relay = Relay(source, started=0.0, write_timeout_s=0.3)
+    relay.writes = writes = LookedAt(relay.writes.timeout_s)
+    relay.watch = watch = hangup.LoopWatch(server_side, relay)
+    start_writing(relay, "ab")
+    relay.writes.handed_at = time.monotonic() - 1.0  # stalled at the tick...
+    watch._on_tick()
+    relay.writes.handed_at = None  # ...and written before the drop ran
+    gevent.idle()
+    assert writes.looks == 2  # the tick's look, and the drop's own
+    assert watch.ended is None and not source.cancelled.is_set() and not relay.client_gone
+    server_side.sendall(b"still open")
+    assert client_side.recv(64) == b"still open"
+    relay.close()
+    assert watch.ended == "over" and relay.reason is None
+
+
+def test_the_loop_watch_does_not_peek_once_the_reply_is_over(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    server_side, client_side = pair
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side)
+    watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    relay.open()
+    assert list(relay) == [b"a"]  # over, as far as the server tells
+    client_side.sendall(b"GET /next HTTP/1.1\r\n")  # the next request: the server's to read
+    assert run_loop_until(lambda: watch.ended)
+    assert watch.ended == "over" and not client.read.is_set() and not source.cancelled.is_set()
+    watch._peek()  # a peek spawned just before the reply ended looks no further
+    assert not client.read.is_set()
+    relay.close()
 
 
 def test_the_loop_watch_takes_an_unreadable_socket_for_no_hang_up(
