@@ -111,6 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     floor = Floor(args.upstream, args.api)
     server = StreamServer(("127.0.0.1", args.port), floor.handle, backlog=8192)
+    server.start()  # bound and listening before it says so
     print("ready", flush=True)
     server.serve_forever()
 
