@@ -11,7 +11,6 @@ and chunk objects. The SDK's errors are mapped here to the statuses clients get.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import socket
 from collections.abc import Generator, Iterator, Mapping
 from typing import Any
@@ -38,10 +37,9 @@ from .validation import ChatRequest
 OPENAI_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"  # keyless local servers (Ollama, vLLM) still get a bearer header
 # Direct connections go through transport.Transport, whose pool checks only the connection it
-# takes: one pool, keeping as many idle connections as may be open. (Proxied ones keep
-# httpcore2's pool, which probes every idle connection at each request's start and end.)
-POOL_SHARDS = 1
-IDLE_PER_POOL = 8  # the proxies' pools
+# takes, keeping as many idle connections as may be open. Proxied ones keep httpcore2's pool,
+# which probes every idle connection at each request's start and end: it keeps few.
+IDLE_PROXIED = 8
 # Raw bytes are the body only when nothing compresses it; SSE is not worth compressing anyway.
 STREAM: Any = {"headers": {"Accept": "text/event-stream", "Accept-Encoding": "identity"}}
 # The SDK's description of a request, as its ``post`` builds it: constructing this pydantic
@@ -99,27 +97,20 @@ class OpenAILLM:
         timeout = config["UPSTREAM_TIMEOUT_S"]
         self.api = config["OPENAI_API"]
         self.stream_usage = config["OPENAI_STREAM_USAGE"]
-        limit = max(1, -(-config["UPSTREAM_MAX_CONNECTIONS"] // POOL_SHARDS))
-        limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=min(limit, IDLE_PER_POOL))
+        limit = config["UPSTREAM_MAX_CONNECTIONS"]
+        limits = httpx2.Limits(max_connections=limit, max_keepalive_connections=min(limit, IDLE_PROXIED))
         tls = httpx2.create_ssl_context()  # one for all pools: building one reads the CA bundle
-        direct = transport.Transport(
-            tls, config["UPSTREAM_MAX_CONNECTIONS"], max_idle=config["UPSTREAM_MAX_CONNECTIONS"]
+        direct = transport.Transport(tls, limit, max_idle=limit)
+        self.client = sdk.OpenAI(
+            api_key=config["OPENAI_API_KEY"] or PLACEHOLDER_KEY,
+            base_url=config["OPENAI_BASE_URL"] or OPENAI_URL,
+            # The read timeout bounds the silence between two chunks, not the whole reply.
+            timeout=httpx2.Timeout(timeout, connect=timeout),
+            max_retries=config["OPENAI_MAX_RETRIES"],
+            http_client=transport.client_transport(
+                connections.track(openai.DefaultHttpxClient(limits=limits, verify=tls)), direct
+            ),
         )
-        self.clients = [
-            sdk.OpenAI(
-                api_key=config["OPENAI_API_KEY"] or PLACEHOLDER_KEY,
-                base_url=config["OPENAI_BASE_URL"] or OPENAI_URL,
-                # The read timeout bounds the silence between two chunks, not the whole reply.
-                timeout=httpx2.Timeout(timeout, connect=timeout),
-                max_retries=config["OPENAI_MAX_RETRIES"],
-                http_client=transport.client_transport(
-                    connections.track(openai.DefaultHttpxClient(limits=limits, verify=tls)), direct
-                ),
-            )
-            for _ in range(POOL_SHARDS)
-        ]
-        self.client = self.clients[0]
-        self._turn = itertools.count()
         # The SDK builds its platform headers on first use, and that runs `uname` in a
         # subprocess: cached only once done, so a burst of first requests would each fork.
         _ = self.client.default_headers
@@ -136,11 +127,10 @@ class OpenAILLM:
         else:
             path, body, parse = "/chat/completions", chat_params(chat, self.stream_usage), read_chat
         try:
-            client = self.clients[next(self._turn) % len(self.clients)]
             try:
                 with connections.sending(reply):
                     options = REQUESTS[path].model_copy(update={"json_data": body})
-                    response = client.request(httpx2.Response, options, stream=True)
+                    response = self.client.request(httpx2.Response, options, stream=True)
             except BaseException:
                 # The SDK read an error answer and gave its connection back to the pool, where
                 # it may already carry another reply: this one must never shut it down.
@@ -172,8 +162,7 @@ class OpenAILLM:
 
     def close(self) -> None:
         """Release the connection pools."""
-        for client in self.clients:
-            client.close()
+        self.client.close()
 
 
 def chat_params(chat: ChatRequest, stream_usage: bool) -> dict[str, Any]:

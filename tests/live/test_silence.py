@@ -1,5 +1,5 @@
 """The upstream timeout under gunicorn + gevent: a bound on the model's silence between two
-chunks, never on the whole reply (the transport times reads with one watchdog per response)."""
+chunks, never on the whole reply (the transport sets it as the socket timeout of each read)."""
 
 from __future__ import annotations
 
