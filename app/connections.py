@@ -26,6 +26,11 @@ class Holder(Protocol):
     def hold(self, sock: socket.socket | None) -> None: ...
 
 
+class HungUp(Exception):
+    """The reply hung up before its request went out (the SDK waiting to retry): not one of
+    httpx2's errors, so the SDK passes it on at once instead of trying again."""
+
+
 # Set by the greenlet (or thread) that sends a request, for as long as the SDK call lasts.
 _sending: contextvars.ContextVar[Holder | None] = contextvars.ContextVar("sending", default=None)
 

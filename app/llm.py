@@ -140,7 +140,7 @@ class OpenAILLM:
             try:
                 if reply.cancelled:
                     reply.cancel()
-                    raise UpstreamError("The client left before the model answered.", reason="client_gone")
+                    raise connections.HungUp
                 usage = yield from parse(sse.batches(reads))
                 reply.complete = True
                 yield usage  # the last item: the consumer closes us once it is sent on
@@ -149,6 +149,8 @@ class OpenAILLM:
                 if reply.complete:
                     drain(reads)
                 response.close()
+        except connections.HungUp:
+            raise UpstreamError("The client left before the model answered.", reason="client_gone") from None
         except sse.EventTooLong:
             raise malformed() from None
         except openai.APIError as error:

@@ -104,6 +104,8 @@ class Transport(httpx2.BaseTransport):
         self.closed = False
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if getattr(connections.holder(), "cancelled", False):
+            raise connections.HungUp  # no connection for a reply whose client has left
         url = request.url
         scheme = url.raw_scheme
         if scheme not in (b"http", b"https"):

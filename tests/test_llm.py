@@ -165,6 +165,22 @@ def test_a_cancel_while_the_headers_are_held_hangs_up_at_once(
     assert upstream.connections == max(warm, 1)  # a kept-alive connection was used when there was one
 
 
+def test_a_reply_that_hung_up_while_the_sdk_waited_to_retry_sends_no_retry(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
+) -> None:
+    llm = make_llm(OPENAI_MAX_RETRIES="3")
+    upstream.script = Script(status=500, headers={"Retry-After": "1"})  # retried after 1 s, 3 times
+    reply = llm.stream(FULL)
+    timer = threading.Timer(0.3, reply.cancel)  # the client leaves during the first wait
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as raised:
+        next(iter(reply))
+    assert raised.value.reason == "client_gone"
+    assert time.monotonic() - started < 1.8  # the one wait, not three
+    assert (len(upstream.requests), upstream.connections) == (1, 1)  # nothing more reached the model
+
+
 def test_the_connection_is_reused_between_replies(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
