@@ -295,6 +295,17 @@ def run_loop_until(predicate: Callable[[], object], timeout: float = 2.0) -> boo
     return bool(predicate())
 
 
+def loop_watched(
+    server_side: socket.socket, fail: bool = False
+) -> tuple[Cancellable, Relay, Peeked, hangup.LoopWatch]:
+    """A one-delta reply, watched from the loop on a client socket that notes each read."""
+    source = Cancellable("a")
+    relay = Relay(source, started=0.0)
+    client = Peeked(server_side, fail)
+    relay.watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    return source, relay, client, relay.watch
+
+
 def test_the_loop_watch_hangs_up_when_the_client_does(pair: tuple[socket.socket, socket.socket]) -> None:
     server_side, client_side = pair
     source = Cancellable("a")
@@ -311,10 +322,7 @@ def test_the_loop_watch_leaves_a_pipelined_request_for_the_server(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server_side, client_side = pair
-    source = Cancellable("a")
-    relay = Relay(source, started=0.0)
-    client = Peeked(server_side)
-    relay.watch = watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    source, relay, client, watch = loop_watched(server_side)
     client_side.sendall(b"GET /next HTTP/1.1\r\n")
     assert run_loop_until(client.read.is_set)  # it saw the bytes and peeked at them
     # After a pipelined request a hang-up no longer shows: the socket is no longer watched,
@@ -332,10 +340,7 @@ def test_the_loop_watch_leaves_a_pipelined_request_for_the_server(
 
 def test_the_loop_watch_stops_when_the_reply_closes(pair: tuple[socket.socket, socket.socket]) -> None:
     server_side, client_side = pair
-    source = Cancellable("a")
-    relay = Relay(source, started=0.0)
-    client = Peeked(server_side)
-    relay.watch = watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    source, relay, client, watch = loop_watched(server_side)
     relay.writes = writes = LookedAt(relay.writes.timeout_s)
     relay.open()
     body = iter(relay)
@@ -425,10 +430,7 @@ def test_the_loop_watch_does_not_peek_once_the_reply_is_over(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server_side, client_side = pair
-    source = Cancellable("a")
-    relay = Relay(source, started=0.0)
-    client = Peeked(server_side)
-    watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    source, relay, client, watch = loop_watched(server_side)
     relay.open()
     assert list(relay) == [b"a"]  # over, as far as the server tells
     client_side.sendall(b"GET /next HTTP/1.1\r\n")  # the next request: the server's to read
@@ -443,10 +445,7 @@ def test_the_loop_watch_takes_an_unreadable_socket_for_no_hang_up(
     pair: tuple[socket.socket, socket.socket],
 ) -> None:
     server_side, client_side = pair
-    source = Cancellable("a")
-    relay = Relay(source, started=0.0)
-    client = Peeked(server_side, fail=True)
-    watch = hangup.LoopWatch(client, relay)  # type: ignore[arg-type]
+    source, relay, client, watch = loop_watched(server_side, fail=True)
     client_side.sendall(b"x")  # readable, and then the read fails
     assert run_loop_until(lambda: watch.ended)
     assert watch.ended == "unreadable" and client.read.is_set()
