@@ -8,17 +8,22 @@ on the body: so the SDK builds it once per path, retry count and headers with no
 each request copies its URL, headers and timeout with a body of its own. The SDK still
 authenticates, retries, sends and maps errors; a request of any other shape than the one
 ``llm`` sends is built by the SDK as usual.
+
+A reply whose client has left is not sent again: its send ends in ``connections.HungUp``,
+which the SDK does not retry, whether the hang-up came before the send or broke it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
-from openai._types import NotGiven
+from openai._types import HttpxSendArgs, NotGiven
 from openai._utils._json import openapi_dumps
+
+from . import connections
 
 
 class OpenAI(openai.OpenAI):
@@ -66,3 +71,15 @@ class OpenAI(openai.OpenAI):
         request.extensions = dict(template.extensions)
         request.read()
         return request
+
+    def _send_request(
+        self, request: httpx2.Request, *, stream: bool, **kwargs: Unpack[HttpxSendArgs]
+    ) -> httpx2.Response:
+        if connections.hung_up():
+            raise connections.HungUp  # the client left while the SDK waited to retry
+        try:
+            return super()._send_request(request, stream=stream, **kwargs)
+        except httpx2.TransportError:
+            if connections.hung_up():
+                raise connections.HungUp from None  # the hang-up broke the send: no retry
+            raise

@@ -23,12 +23,14 @@ import httpx2
 class Holder(Protocol):
     """What takes hold of the connection a request goes out on (a reply in flight)."""
 
+    cancelled: bool  # it hung up
+
     def hold(self, sock: socket.socket | None) -> None: ...
 
 
 class HungUp(Exception):
-    """The reply hung up before its request went out (the SDK waiting to retry): not one of
-    httpx2's errors, so the SDK passes it on at once instead of trying again."""
+    """The reply hung up while its request was being sent, answered or about to be retried: not
+    one of httpx2's errors, so the SDK passes it on at once instead of trying again."""
 
 
 # Set by the greenlet (or thread) that sends a request, for as long as the SDK call lasts.
@@ -48,6 +50,12 @@ def sending(holder: Holder) -> Iterator[None]:
 def holder() -> Holder | None:
     """Who takes hold of a request's connection now (``sending``), if anyone."""
     return _sending.get()
+
+
+def hung_up() -> bool:
+    """Has the reply whose request is being sent hung up?"""
+    sender = _sending.get()
+    return sender is not None and sender.cancelled
 
 
 class Stream(httpcore2.NetworkStream):

@@ -13,9 +13,9 @@ does not (measured with the paced 1,000-stream benchmark, one gevent worker):
 
 Each request hands its socket to the reply that sends it (``connections.sending``) before
 a byte is written, so the reply can hang up before the model's headers. Errors are
-httpx2's own types, so the SDK and ``llm`` map them as before. The environment's proxies
-still go through the SDK client's proxy transports (see ``llm``); only direct
-connections come here.
+httpx2's own types, so the SDK and ``llm`` map them as they map httpx2's transport's. The
+environment's proxies still go through the SDK client's proxy transports (see ``llm``); only
+direct connections come here.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ UNANSWERED_WITHIN_S = 0.25  # a kept-alive connection that ends this soon after 
 
 
 class Connection:
-    """One socket to the server, with the bytes read past the current message."""
+    """One socket to the server, with its timeout and, while idle, since when it is idle."""
 
     __slots__ = ("idle_since", "live", "sock", "timeout")
 
@@ -104,8 +104,6 @@ class Transport(httpx2.BaseTransport):
         self.closed = False
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        if getattr(connections.holder(), "cancelled", False):
-            raise connections.HungUp  # no connection for a reply whose client has left
         url = request.url
         scheme = url.raw_scheme
         if scheme not in (b"http", b"https"):
@@ -127,7 +125,7 @@ class Transport(httpx2.BaseTransport):
         except Unanswered as unanswered:
             # A kept-alive connection the server closed just as it was taken (its idle timeout
             # racing ours): nothing of an answer came, so the request goes once more on a new one.
-            if getattr(connections.holder(), "cancelled", False):
+            if connections.hung_up():
                 raise unanswered.error from None  # the reply hung up: no new request for it
         if not self.slots.acquire(timeout=timeouts.get("pool")):
             raise httpx2.PoolTimeout("No connection came free in time.", request=request)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app.errors import UpstreamError
-from app.llm import OpenAILLM
+from app.llm import OpenAILLM, Reply
 from app.settings import load_settings
 from app.sse import MAX_EVENT_BYTES
 from app.stream import Usage
@@ -165,20 +165,46 @@ def test_a_cancel_while_the_headers_are_held_hangs_up_at_once(
     assert upstream.connections == max(warm, 1)  # a kept-alive connection was used when there was one
 
 
+def cancel_when(reply: Reply, condition: Callable[[], bool]) -> None:
+    """Hang ``reply`` up from another thread (its client leaving) as soon as ``condition()`` holds."""
+
+    def wait_then_cancel() -> None:
+        deadline = time.monotonic() + 5.0
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        reply.cancel()
+
+    threading.Thread(target=wait_then_cancel, daemon=True).start()
+
+
 def test_a_reply_that_hung_up_while_the_sdk_waited_to_retry_sends_no_retry(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
     llm = make_llm(OPENAI_MAX_RETRIES="3")
     upstream.script = Script(status=500, headers={"Retry-After": "1"})  # retried after 1 s, 3 times
     reply = llm.stream(FULL)
-    timer = threading.Timer(0.3, reply.cancel)  # the client leaves during the first wait
-    timer.start()
+    cancel_when(reply, lambda: len(upstream.requests) == 1)  # the client leaves in the first wait
     started = time.monotonic()
     with pytest.raises(UpstreamError) as raised:
         next(iter(reply))
     assert raised.value.reason == "client_gone"
-    assert time.monotonic() - started < 1.8  # the one wait, not three
+    assert 0.9 < time.monotonic() - started < 1.8  # the one wait it was in, not three
     assert (len(upstream.requests), upstream.connections) == (1, 1)  # nothing more reached the model
+
+
+def test_a_reply_that_hung_up_while_the_model_held_its_headers_sends_no_retry(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
+) -> None:
+    llm = make_llm(OPENAI_MAX_RETRIES="3", UPSTREAM_TIMEOUT_S="30")
+    upstream.script = Script(headers_delay=20)
+    reply = llm.stream(FULL)
+    cancel_when(reply, lambda: len(upstream.requests) == 1)  # while the model holds its headers
+    started = time.monotonic()
+    with pytest.raises(UpstreamError) as raised:
+        next(iter(reply))
+    assert raised.value.reason == "client_gone"
+    assert time.monotonic() - started < 0.8  # at once: no wait before a retry
+    assert (len(upstream.requests), upstream.connections) == (1, 1)
 
 
 def test_the_connection_is_reused_between_replies(

@@ -61,6 +61,14 @@ def test_a_hang_up_turns_the_upstream_error_into_a_disconnect() -> None:
     assert (relay.outcome, relay.reason) == ("disconnected", None)
 
 
+def test_a_reply_that_went_out_whole_keeps_its_outcome_when_the_client_leaves_after() -> None:
+    relay = Relay(deltas("a", None), started=0.0)
+    relay.open()
+    assert list(relay) == [b"a"]  # written whole, as far as the server tells
+    relay.hung_up("client_stalled")  # a watcher that looked just too late
+    assert (relay.outcome, relay.reason, relay.client_gone) == ("complete", None, False)
+
+
 @pytest.mark.parametrize("framing", ["text", "sse"])
 def test_the_response_starts_when_the_first_delta_is_late(framing: str) -> None:
     speak = threading.Event()  # the model is silent until the test says
