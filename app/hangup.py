@@ -166,7 +166,8 @@ def watch(client: socket.socket, reply: Watched) -> str:
 def closed(client: socket.socket) -> bool | None:
     """Has the readable ``client`` closed its end (True) or sent more (False), looked at without
     taking it or waiting on it? None when it cannot be read: only a sure hang-up may end a reply
-    early, and any other departure shows at the next write."""
+    early, and any other departure shows at the next write. (On a TLS socket the peek sees
+    records, so a client's close_notify reads as more: TLS belongs to the proxy in front.)"""
     try:
         # The OS socket under gevent's: its recv would wait for data in place of saying there
         # is none, and a greenlet waiting on the client's socket is one too many for gunicorn.
