@@ -165,13 +165,11 @@ def test_a_cancel_while_the_headers_are_held_hangs_up_at_once(
     assert upstream.connections == max(warm, 1)  # a kept-alive connection was used when there was one
 
 
-def cancel_when(reply: Reply, condition: Callable[[], bool]) -> None:
-    """Hang ``reply`` up from another thread (its client leaving) as soon as ``condition()`` holds."""
+def cancel_at_first_request(upstream: FakeUpstream, reply: Reply) -> None:
+    """Hang ``reply`` up from another thread (its client leaving) once its request reached the model."""
 
     def wait_then_cancel() -> None:
-        deadline = time.monotonic() + 5.0
-        while not condition() and time.monotonic() < deadline:
-            time.sleep(0.005)
+        upstream.wait_until(lambda: len(upstream.requests) == 1)
         reply.cancel()
 
     threading.Thread(target=wait_then_cancel, daemon=True).start()
@@ -183,7 +181,7 @@ def test_a_reply_that_hung_up_while_the_sdk_waited_to_retry_sends_no_retry(
     llm = make_llm(OPENAI_MAX_RETRIES="3")
     upstream.script = Script(status=500, headers={"Retry-After": "1"})  # retried after 1 s, 3 times
     reply = llm.stream(FULL)
-    cancel_when(reply, lambda: len(upstream.requests) == 1)  # the client leaves in the first wait
+    cancel_at_first_request(upstream, reply)  # answered 500 at once: the client leaves in the wait
     started = time.monotonic()
     with pytest.raises(UpstreamError) as raised:
         next(iter(reply))
@@ -198,7 +196,7 @@ def test_a_reply_that_hung_up_while_the_model_held_its_headers_sends_no_retry(
     llm = make_llm(OPENAI_MAX_RETRIES="3", UPSTREAM_TIMEOUT_S="30")
     upstream.script = Script(headers_delay=20)
     reply = llm.stream(FULL)
-    cancel_when(reply, lambda: len(upstream.requests) == 1)  # while the model holds its headers
+    cancel_at_first_request(upstream, reply)  # while the model holds its headers
     started = time.monotonic()
     with pytest.raises(UpstreamError) as raised:
         next(iter(reply))
