@@ -76,6 +76,12 @@ def show(report: dict[str, Any]) -> None:
             f"(floor {row['floor_cpu_us_per_request']:.0f}) | "
             f"errors {row['errors']} (floor {row['floor_errors']})"
         )
+        print(
+            f"  framework  {row['api']:9} the floor's relay behind gunicorn, and gunicorn + Flask | "
+            f"added p50 {row['gunicorn_added_ttfb_p50_ms']:.2f} / {row['flask_added_ttfb_p50_ms']:.2f} ms | "
+            f"server CPU {row['gunicorn_cpu_us_per_request']:.0f} / {row['flask_cpu_us_per_request']:.0f} "
+            f"us/request | errors {row['framework_errors']}"
+        )
     for row in report.get("concurrency", []):
         direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""
         started = f"over {row['ramp_s']:g} s" if row["ramp_s"] else "at once"

@@ -54,7 +54,20 @@ class Floor:
             if line.lower().startswith(b"content-length:"):
                 length = int(line[15:])
             line = reader.readline()
-        message = json.loads(reader.read(length))["message"]
+        upstream, deltas = self.open(json.loads(reader.read(length))["message"])
+        head = True
+        for text in deltas:
+            data = text.encode()
+            chunk = b"%x\r\n%s\r\n" % (len(data), data)
+            client.sendall(HEAD + chunk if head else chunk)
+            head = False
+        client.sendall(HEAD + b"0\r\n\r\n" if head else b"0\r\n\r\n")
+        self.idle.append(upstream)
+        return True
+
+    def open(self, message: str) -> tuple[socket.socket, Iterator[str]]:
+        """Ask the upstream (on a pooled connection) for a reply to ``message``: the connection,
+        to be put back in ``idle`` once the reply's deltas have all been read, and the deltas."""
         if self.api == "chat":
             ask = {"model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": message}]}
         else:
@@ -65,15 +78,7 @@ class Floor:
             b"POST %s HTTP/1.1\r\nHost: upstream\r\nContent-Type: application/json\r\n"
             b"Authorization: Bearer sk-floor\r\nContent-Length: %d\r\n\r\n%s" % (self.path, len(body), body)
         )
-        head = True
-        for text in self.deltas(upstream.makefile("rb")):
-            data = text.encode()
-            chunk = b"%x\r\n%s\r\n" % (len(data), data)
-            client.sendall(HEAD + chunk if head else chunk)
-            head = False
-        client.sendall(HEAD + b"0\r\n\r\n" if head else b"0\r\n\r\n")
-        self.idle.append(upstream)
-        return True
+        return upstream, self.deltas(upstream.makefile("rb"))
 
     def deltas(self, upstream: BinaryIO) -> Iterator[str]:
         """The reply's text deltas, read off the upstream's chunked SSE body to its end."""

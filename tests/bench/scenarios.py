@@ -126,6 +126,19 @@ class Floor(Helper):
         self.request = post("/api/chat/stream", ASK)
 
 
+class Framework(LiveServer):
+    """The floor's relay served as the service is (``framework.py``): ``bare`` for gunicorn alone,
+    ``flask_app`` for gunicorn with Flask; what the server and the framework cost here."""
+
+    def __init__(self, upstream: Upstream, api: str, app: str) -> None:
+        settings = {"FLOOR_UPSTREAM": upstream.base_url, "FLOOR_API": api, "LOG_LEVEL": "WARNING"}
+        super().__init__(settings, cpus=SERVER_CPUS, app=f"tests.bench.framework:{app}")
+        self.request = post("/api/chat/stream", ASK)
+
+    def cpu_ns(self) -> int:
+        return cpu_ns(self.worker_pid())
+
+
 def checked(results: list[Result], expected: bytes) -> int:
     """How many requests failed: an error, a status other than 200, or a body not byte for byte."""
     return sum(1 for r in results if r.error or r.status != 200 or r.body != expected)
@@ -139,51 +152,64 @@ def p(values: list[float], share: float) -> float:
 
 def latency(api: str, count: int) -> dict[str, Any]:
     """1 client, ``count`` sequential streams of 20 deltas, read directly, through the floor
-    relay and through the service, in turn (so a change in the machine's pace hits all three)."""
+    relay, through the floor's relay behind gunicorn and behind gunicorn + Flask, and through
+    the service, in turn (so a change in the machine's pace hits them all)."""
     upstream = Upstream(deltas=20, delay=0.0)
-    service = Service(upstream, api)
-    floor = Floor(upstream, api)
-    direct_request = upstream.direct(api)
+    relays: dict[str, Any] = {}
     try:
+        relays["floor"] = Floor(upstream, api)
+        relays["gunicorn"] = Framework(upstream, api, "bare")
+        relays["flask"] = Framework(upstream, api, "flask_app")
+        relays["service"] = Service(upstream, api)
+        direct_request = upstream.direct(api)
 
-        async def run() -> tuple[list[Result], list[Result], list[Result]]:
-            direct, floored, relayed = [], [], []
-            for _ in range(20):
-                await fetch(upstream.port, direct_request, MARKERS[api])
-                await fetch(floor.port, floor.request)
-                await fetch(service.port, service.request)
-            for _ in range(count):
-                direct.append(await fetch(upstream.port, direct_request, MARKERS[api]))
-                floored.append(await fetch(floor.port, floor.request))
-                relayed.append(await fetch(service.port, service.request))
-            return direct, floored, relayed
+        async def run() -> tuple[list[Result], dict[str, list[Result]]]:
+            direct: list[Result] = []
+            results: dict[str, list[Result]] = {name: [] for name in relays}
+            for warm_up in [True] * 20 + [False] * count:
+                answer = await fetch(upstream.port, direct_request, MARKERS[api])
+                if not warm_up:
+                    direct.append(answer)
+                for name, relay in relays.items():
+                    answer = await fetch(relay.port, relay.request)
+                    if not warm_up:
+                        results[name].append(answer)
+            return direct, results
 
-        cpu_before, floor_cpu_before = service.cpu_ns(), floor.cpu_ns()
-        direct, floored, relayed = asyncio.run(run())
-        cpu_us = (service.cpu_ns() - cpu_before) / 1e3 / (count + 20)
-        floor_cpu_us = (floor.cpu_ns() - floor_cpu_before) / 1e3 / (count + 20)
+        cpu_before = {name: relay.cpu_ns() for name, relay in relays.items()}
+        direct, results = asyncio.run(run())
+        spent = {name: relay.cpu_ns() - cpu_before[name] for name, relay in relays.items()}
+        cpu_us = {name: ns / 1e3 / (count + 20) for name, ns in spent.items()}
     finally:
-        floor.stop()
-        service.stop()
+        for relay in relays.values():
+            relay.stop()
         upstream.stop()
-    added = [(s.ttfb - d.ttfb) for s, d in zip(relayed, direct, strict=True)]
-    floor_added = [(f.ttfb - d.ttfb) for f, d in zip(floored, direct, strict=True)]
+    added = {
+        name: statistics.median(r.ttfb - d.ttfb for r, d in zip(relayed, direct, strict=True)) * 1000.0
+        for name, relayed in results.items()
+    }
+    relayed = results["service"]
     return {
         "api": api,
         "requests": count,
         "errors": checked(relayed, upstream.expected),
-        "floor_errors": checked(floored, upstream.expected),
+        "floor_errors": checked(results["floor"], upstream.expected),
+        "framework_errors": checked(results["gunicorn"] + results["flask"], upstream.expected),
         "direct_ttfb_p50_ms": p([r.ttfb for r in direct], 0.5),
         "direct_ttfb_p99_ms": p([r.ttfb for r in direct], 0.99),
         "service_ttfb_p50_ms": p([r.ttfb for r in relayed], 0.5),
         "service_ttfb_p99_ms": p([r.ttfb for r in relayed], 0.99),
-        "added_ttfb_p50_ms": statistics.median(added) * 1000.0,
-        "floor_added_ttfb_p50_ms": statistics.median(floor_added) * 1000.0,
+        "added_ttfb_p50_ms": added["service"],
+        "floor_added_ttfb_p50_ms": added["floor"],
+        "gunicorn_added_ttfb_p50_ms": added["gunicorn"],
+        "flask_added_ttfb_p50_ms": added["flask"],
         "direct_total_p50_ms": p([r.total for r in direct], 0.5),
         "service_total_p50_ms": p([r.total for r in relayed], 0.5),
         "service_total_p99_ms": p([r.total for r in relayed], 0.99),
-        "server_cpu_us_per_request": cpu_us,
-        "floor_cpu_us_per_request": floor_cpu_us,
+        "server_cpu_us_per_request": cpu_us["service"],
+        "floor_cpu_us_per_request": cpu_us["floor"],
+        "gunicorn_cpu_us_per_request": cpu_us["gunicorn"],
+        "flask_cpu_us_per_request": cpu_us["flask"],
     }
 
 

@@ -52,9 +52,14 @@ class LiveServer:
     """One gunicorn master with its workers; its log goes to a file the tests can read."""
 
     def __init__(
-        self, settings: dict[str, str], cpus: set[int] | None = None, config: Path | None = None
+        self,
+        settings: dict[str, str],
+        cpus: set[int] | None = None,
+        config: Path | None = None,
+        app: str | None = None,
     ) -> None:
-        """``config``: a gunicorn config file in place of the service's own (which it should load)."""
+        """``config``: a gunicorn config file in place of the service's own (which it should load);
+        ``app``: a WSGI app in place of the service (``module:name``, for the benchmark)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Settings come only from the test (never from the developer's shell); .env fills the rest.
@@ -67,6 +72,10 @@ class LiveServer:
         command = procfile_command()
         if config is not None:
             command = command.replace("--config gunicorn.conf.py", f"--config {config}")
+        if app is not None:
+            if not command.endswith(" wsgi:app"):
+                raise RuntimeError("the Procfile's web: command does not end with the app (wsgi:app)")
+            command = command.removesuffix("wsgi:app") + app
         self.process = subprocess.Popen(
             ["sh", "-c", f"exec {command}"],
             cwd=ROOT,
