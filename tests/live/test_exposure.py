@@ -277,7 +277,11 @@ def test_the_stream_cap_is_reached_and_released() -> None:
 def test_a_client_that_never_reads_is_dropped_like_one_that_left(
     upstream_server: FakeUpstream, path: str, accept: str
 ) -> None:
-    upstream_server.reset(Script(deltas=["x" * 2000] * 5000))  # 10 MB: far more than socket buffers
+    # 80 MB: more than every buffer between the model and the client can hold (the service's
+    # receive buffer alone may grow to tcp_rmem's maximum, 32 MB here), so the model cannot finish
+    # before the drop however far the kernel tunes them.
+    deltas = ["x" * 2000] * 40_000
+    upstream_server.reset(Script(deltas=deltas))
     server = LiveServer(
         {
             "OPENAI_API_KEY": SECRET_KEY,
@@ -287,18 +291,17 @@ def test_a_client_that_never_reads_is_dropped_like_one_that_left(
         }
     )
     try:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
-        sock.connect(("127.0.0.1", server.port))
-        sock.sendall(head(path, ASK, f"Accept: {accept}\r\nX-Request-ID: stalled\r\n") + ASK)
-        line = server.wait_for_access_line("stalled", timeout=8)
-        assert (line["outcome"], line.get("reason")) == ("disconnected", "client_stalled")
-        assert upstream_server.wait_until(lambda: upstream_server.open_streams() == 0, timeout=1.0)
-        stream = upstream_server.streams[0]
-        assert stream.closed_at is not None and stream.closed_at - stream.opened_at < 6
-        if path.endswith("stream"):
-            assert stream.ended_by == "client" and stream.deltas_sent < 5000
-        sock.close()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window, never read
+            sock.connect(("127.0.0.1", server.port))
+            sock.sendall(head(path, ASK, f"Accept: {accept}\r\nX-Request-ID: stalled\r\n") + ASK)
+            line = server.wait_for_access_line("stalled", timeout=8)
+            assert (line["outcome"], line.get("reason")) == ("disconnected", "client_stalled")
+            assert upstream_server.wait_until(lambda: upstream_server.open_streams() == 0, timeout=1.0)
+            stream = upstream_server.streams[0]
+            assert stream.closed_at is not None and stream.closed_at - stream.opened_at < 6
+            if path.endswith("stream"):
+                assert stream.ended_by == "client" and stream.deltas_sent < len(deltas)
         # Dropped as a departed client is: nothing for the operator to act on.
         assert "Traceback" not in server.log_text() and "[ERROR]" not in server.log_text()
     finally:
