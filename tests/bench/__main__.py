@@ -76,11 +76,15 @@ def show(report: dict[str, Any]) -> None:
             f"(floor {row['floor_cpu_us_per_request']:.0f}) | "
             f"errors {row['errors']} (floor {row['floor_errors']})"
         )
+        framework = row["framework"]
         print(
-            f"  framework  {row['api']:9} the floor's relay behind gunicorn, and gunicorn + Flask | "
-            f"added p50 {row['gunicorn_added_ttfb_p50_ms']:.2f} / {row['flask_added_ttfb_p50_ms']:.2f} ms | "
-            f"server CPU {row['gunicorn_cpu_us_per_request']:.0f} / {row['flask_cpu_us_per_request']:.0f} "
-            f"us/request | errors {row['framework_errors']}"
+            f"  framework  {row['api']:9} the floor's relay behind gunicorn / gunicorn + Flask, "
+            f"in a pass of their own | added p50 {framework['gunicorn_added_ttfb_p50_ms']:.2f} / "
+            f"{framework['flask_added_ttfb_p50_ms']:.2f} ms "
+            f"(floor {framework['floor_added_ttfb_p50_ms']:.2f}) | "
+            f"server CPU {framework['gunicorn_cpu_us_per_request']:.0f} / "
+            f"{framework['flask_cpu_us_per_request']:.0f} us/request | "
+            f"errors {framework['gunicorn_errors']} / {framework['flask_errors']}"
         )
     for row in report.get("concurrency", []):
         direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,19 @@ class Upstream(Helper):
         return post(PATHS[api], {"model": "gpt-4o-mini", "stream": True, "input": "hi"})
 
 
-class Service(LiveServer):
-    """The service as the Procfile runs it, on the fake upstream, one gevent worker, pinned."""
+class Served(LiveServer):
+    """A WSGI app served as the Procfile serves the service, one gevent worker, pinned."""
+
+    def __init__(self, settings: dict[str, str], app: str | None = None) -> None:
+        super().__init__(settings, cpus=SERVER_CPUS, app=app)
+        self.request = post("/api/chat/stream", ASK)
+
+    def cpu_ns(self) -> int:
+        return cpu_ns(self.worker_pid())
+
+
+class Service(Served):
+    """The service as the Procfile runs it, on the fake upstream."""
 
     def __init__(self, upstream: Upstream, api: str, **settings: str) -> None:
         settings = {
@@ -102,11 +114,7 @@ class Service(LiveServer):
             "LOG_LEVEL": "WARNING",
             **settings,
         }
-        super().__init__(settings, cpus=SERVER_CPUS)
-        self.request = post("/api/chat/stream", ASK)
-
-    def cpu_ns(self) -> int:
-        return cpu_ns(self.worker_pid())
+        super().__init__(settings)
 
     def rss_kb(self) -> int:
         with open(f"/proc/{self.worker_pid()}/status") as status:
@@ -126,17 +134,13 @@ class Floor(Helper):
         self.request = post("/api/chat/stream", ASK)
 
 
-class Framework(LiveServer):
+class Framework(Served):
     """The floor's relay served as the service is (``framework.py``): ``bare`` for gunicorn alone,
-    ``flask_app`` for gunicorn with Flask; what the server and the framework cost here."""
+    ``flask`` for gunicorn with Flask; what the server and the framework cost here."""
 
     def __init__(self, upstream: Upstream, api: str, app: str) -> None:
-        settings = {"FLOOR_UPSTREAM": upstream.base_url, "FLOOR_API": api, "LOG_LEVEL": "WARNING"}
-        super().__init__(settings, cpus=SERVER_CPUS, app=f"tests.bench.framework:{app}")
-        self.request = post("/api/chat/stream", ASK)
-
-    def cpu_ns(self) -> int:
-        return cpu_ns(self.worker_pid())
+        settings = {"FLOOR_UPSTREAM": upstream.base_url, "FLOOR_API": api}
+        super().__init__(settings, app=f"tests.bench.framework:create({app!r})")
 
 
 def checked(results: list[Result], expected: bytes) -> int:
@@ -151,66 +155,89 @@ def p(values: list[float], share: float) -> float:
 
 
 def latency(api: str, count: int) -> dict[str, Any]:
-    """1 client, ``count`` sequential streams of 20 deltas, read directly, through the floor
-    relay, through the floor's relay behind gunicorn and behind gunicorn + Flask, and through
-    the service, in turn (so a change in the machine's pace hits them all)."""
+    """1 client, ``count`` sequential streams of 20 deltas, read directly, through the floor relay
+    and through the service, in turn (so a change in the machine's pace hits all three); then the
+    same with the floor's relay behind gunicorn and behind gunicorn + Flask in the service's place
+    (in a pass of their own, so the service's figures are taken as they always were)."""
     upstream = Upstream(deltas=20, delay=0.0)
-    relays: dict[str, Any] = {}
     try:
-        relays["floor"] = Floor(upstream, api)
-        relays["gunicorn"] = Framework(upstream, api, "bare")
-        relays["flask"] = Framework(upstream, api, "flask_app")
-        relays["service"] = Service(upstream, api)
-        direct_request = upstream.direct(api)
-
-        async def run() -> tuple[list[Result], dict[str, list[Result]]]:
-            direct: list[Result] = []
-            results: dict[str, list[Result]] = {name: [] for name in relays}
-            for warm_up in [True] * 20 + [False] * count:
-                answer = await fetch(upstream.port, direct_request, MARKERS[api])
-                if not warm_up:
-                    direct.append(answer)
-                for name, relay in relays.items():
-                    answer = await fetch(relay.port, relay.request)
-                    if not warm_up:
-                        results[name].append(answer)
-            return direct, results
-
-        cpu_before = {name: relay.cpu_ns() for name, relay in relays.items()}
-        direct, results = asyncio.run(run())
-        spent = {name: relay.cpu_ns() - cpu_before[name] for name, relay in relays.items()}
-        cpu_us = {name: ns / 1e3 / (count + 20) for name, ns in spent.items()}
+        with running(Floor(upstream, api)) as floor:
+            with running(Service(upstream, api)) as service:
+                served = in_turn(upstream, api, {"floor": floor, "service": service}, count)
+            with (
+                running(Framework(upstream, api, "bare")) as bare,
+                running(Framework(upstream, api, "flask")) as flask,
+            ):
+                framed = in_turn(upstream, api, {"floor": floor, "gunicorn": bare, "flask": flask}, count)
     finally:
-        for relay in relays.values():
-            relay.stop()
         upstream.stop()
-    added = {
-        name: statistics.median(r.ttfb - d.ttfb for r, d in zip(relayed, direct, strict=True)) * 1000.0
-        for name, relayed in results.items()
-    }
-    relayed = results["service"]
+    direct, relayed = served["direct"], served["service"]
     return {
         "api": api,
         "requests": count,
         "errors": checked(relayed, upstream.expected),
-        "floor_errors": checked(results["floor"], upstream.expected),
-        "framework_errors": checked(results["gunicorn"] + results["flask"], upstream.expected),
+        "floor_errors": checked(served["floor"], upstream.expected),
         "direct_ttfb_p50_ms": p([r.ttfb for r in direct], 0.5),
         "direct_ttfb_p99_ms": p([r.ttfb for r in direct], 0.99),
         "service_ttfb_p50_ms": p([r.ttfb for r in relayed], 0.5),
         "service_ttfb_p99_ms": p([r.ttfb for r in relayed], 0.99),
-        "added_ttfb_p50_ms": added["service"],
-        "floor_added_ttfb_p50_ms": added["floor"],
-        "gunicorn_added_ttfb_p50_ms": added["gunicorn"],
-        "flask_added_ttfb_p50_ms": added["flask"],
+        "added_ttfb_p50_ms": added_ttfb(relayed, direct),
+        "floor_added_ttfb_p50_ms": added_ttfb(served["floor"], direct),
         "direct_total_p50_ms": p([r.total for r in direct], 0.5),
         "service_total_p50_ms": p([r.total for r in relayed], 0.5),
         "service_total_p99_ms": p([r.total for r in relayed], 0.99),
-        "server_cpu_us_per_request": cpu_us["service"],
-        "floor_cpu_us_per_request": cpu_us["floor"],
-        "gunicorn_cpu_us_per_request": cpu_us["gunicorn"],
-        "flask_cpu_us_per_request": cpu_us["flask"],
+        "server_cpu_us_per_request": served["cpu_us"]["service"],
+        "floor_cpu_us_per_request": served["cpu_us"]["floor"],
+        "framework": {
+            "floor_added_ttfb_p50_ms": added_ttfb(framed["floor"], framed["direct"]),
+            **{
+                f"{name}_{figure}": value
+                for name in ("gunicorn", "flask")
+                for figure, value in (
+                    ("added_ttfb_p50_ms", added_ttfb(framed[name], framed["direct"])),
+                    ("cpu_us_per_request", framed["cpu_us"][name]),
+                    ("errors", checked(framed[name], upstream.expected)),
+                )
+            },
+        },
     }
+
+
+@contextlib.contextmanager
+def running(relay: Any) -> Iterator[Any]:
+    """A started relay (or the service), stopped on the way out."""
+    try:
+        yield relay
+    finally:
+        relay.stop()
+
+
+def in_turn(upstream: Upstream, api: str, relays: dict[str, Any], count: int) -> dict[str, Any]:
+    """20 rounds to warm up, then ``count``: in each, one stream read directly, then one through each
+    relay. Each relay's results (and the direct ones), and its worker CPU per request."""
+    direct_request = upstream.direct(api)
+
+    async def run() -> dict[str, list[Result]]:
+        results: dict[str, list[Result]] = {name: [] for name in ("direct", *relays)}
+        for warm_up in [True] * 20 + [False] * count:
+            answers = [await fetch(upstream.port, direct_request, MARKERS[api])]
+            answers += [await fetch(relay.port, relay.request) for relay in relays.values()]
+            if not warm_up:
+                for name, answer in zip(results, answers, strict=True):
+                    results[name].append(answer)
+        return results
+
+    cpu_before = {name: relay.cpu_ns() for name, relay in relays.items()}
+    figures: dict[str, Any] = asyncio.run(run())
+    figures["cpu_us"] = {
+        name: (relay.cpu_ns() - cpu_before[name]) / 1e3 / (count + 20) for name, relay in relays.items()
+    }
+    return figures
+
+
+def added_ttfb(relayed: list[Result], direct: list[Result]) -> float:
+    """The median time to first byte a relay added to the direct read of the same round, in ms."""
+    return statistics.median(r.ttfb - d.ttfb for r, d in zip(relayed, direct, strict=True)) * 1000.0
 
 
 def concurrency(api: str, streams: int, ramp_s: float = 0.0, direct_too: bool = False) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -59,7 +60,7 @@ class LiveServer:
         app: str | None = None,
     ) -> None:
         """``config``: a gunicorn config file in place of the service's own (which it should load);
-        ``app``: a WSGI app in place of the service (``module:name``, for the benchmark)."""
+        ``app``: a WSGI app in place of the service (as gunicorn names one, for the benchmark)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Settings come only from the test (never from the developer's shell); .env fills the rest.
@@ -75,7 +76,7 @@ class LiveServer:
         if app is not None:
             if not command.endswith(" wsgi:app"):
                 raise RuntimeError("the Procfile's web: command does not end with the app (wsgi:app)")
-            command = command.removesuffix("wsgi:app") + app
+            command = command.removesuffix("wsgi:app") + shlex.quote(app)
         self.process = subprocess.Popen(
             ["sh", "-c", f"exec {command}"],
             cwd=ROOT,
