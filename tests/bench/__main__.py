@@ -84,7 +84,8 @@ def show(report: dict[str, Any]) -> None:
             f"(floor {framework['floor_added_ttfb_p50_ms']:.2f}) | "
             f"server CPU {framework['gunicorn_cpu_us_per_request']:.0f} / "
             f"{framework['flask_cpu_us_per_request']:.0f} us/request | "
-            f"errors {framework['gunicorn_errors']} / {framework['flask_errors']}"
+            f"errors {framework['gunicorn_errors']} / {framework['flask_errors']} "
+            f"(floor {framework['floor_errors']})"
         )
     for row in report.get("concurrency", []):
         direct = f" (direct {row['direct_all_done_s']:.2f} s)" if "direct_all_done_s" in row else ""

@@ -163,12 +163,13 @@ def latency(api: str, count: int) -> dict[str, Any]:
     try:
         with running(Floor(upstream, api)) as floor:
             with running(Service(upstream, api)) as service:
-                served = in_turn(upstream, api, {"floor": floor, "service": service}, count)
+                served, served_cpu_us = in_turn(upstream, api, {"floor": floor, "service": service}, count)
             with (
                 running(Framework(upstream, api, "bare")) as bare,
                 running(Framework(upstream, api, "flask")) as flask,
             ):
-                framed = in_turn(upstream, api, {"floor": floor, "gunicorn": bare, "flask": flask}, count)
+                relays = {"floor": floor, "gunicorn": bare, "flask": flask}
+                framed, framed_cpu_us = in_turn(upstream, api, relays, count)
     finally:
         upstream.stop()
     direct, relayed = served["direct"], served["service"]
@@ -186,19 +187,17 @@ def latency(api: str, count: int) -> dict[str, Any]:
         "direct_total_p50_ms": p([r.total for r in direct], 0.5),
         "service_total_p50_ms": p([r.total for r in relayed], 0.5),
         "service_total_p99_ms": p([r.total for r in relayed], 0.99),
-        "server_cpu_us_per_request": served["cpu_us"]["service"],
-        "floor_cpu_us_per_request": served["cpu_us"]["floor"],
+        "server_cpu_us_per_request": served_cpu_us["service"],
+        "floor_cpu_us_per_request": served_cpu_us["floor"],
         "framework": {
             "floor_added_ttfb_p50_ms": added_ttfb(framed["floor"], framed["direct"]),
-            **{
-                f"{name}_{figure}": value
-                for name in ("gunicorn", "flask")
-                for figure, value in (
-                    ("added_ttfb_p50_ms", added_ttfb(framed[name], framed["direct"])),
-                    ("cpu_us_per_request", framed["cpu_us"][name]),
-                    ("errors", checked(framed[name], upstream.expected)),
-                )
-            },
+            "floor_errors": checked(framed["floor"], upstream.expected),
+            "gunicorn_added_ttfb_p50_ms": added_ttfb(framed["gunicorn"], framed["direct"]),
+            "gunicorn_cpu_us_per_request": framed_cpu_us["gunicorn"],
+            "gunicorn_errors": checked(framed["gunicorn"], upstream.expected),
+            "flask_added_ttfb_p50_ms": added_ttfb(framed["flask"], framed["direct"]),
+            "flask_cpu_us_per_request": framed_cpu_us["flask"],
+            "flask_errors": checked(framed["flask"], upstream.expected),
         },
     }
 
@@ -212,9 +211,11 @@ def running(relay: Any) -> Iterator[Any]:
         relay.stop()
 
 
-def in_turn(upstream: Upstream, api: str, relays: dict[str, Any], count: int) -> dict[str, Any]:
+def in_turn(
+    upstream: Upstream, api: str, relays: dict[str, Any], count: int
+) -> tuple[dict[str, list[Result]], dict[str, float]]:
     """20 rounds to warm up, then ``count``: in each, one stream read directly, then one through each
-    relay. Each relay's results (and the direct ones), and its worker CPU per request."""
+    relay. The results by relay (and "direct"), and each relay's worker CPU per request in µs."""
     direct_request = upstream.direct(api)
 
     async def run() -> dict[str, list[Result]]:
@@ -228,11 +229,11 @@ def in_turn(upstream: Upstream, api: str, relays: dict[str, Any], count: int) ->
         return results
 
     cpu_before = {name: relay.cpu_ns() for name, relay in relays.items()}
-    figures: dict[str, Any] = asyncio.run(run())
-    figures["cpu_us"] = {
+    results = asyncio.run(run())
+    cpu_us = {
         name: (relay.cpu_ns() - cpu_before[name]) / 1e3 / (count + 20) for name, relay in relays.items()
     }
-    return figures
+    return results, cpu_us
 
 
 def added_ttfb(relayed: list[Result], direct: list[Result]) -> float:

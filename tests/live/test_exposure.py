@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -277,10 +278,11 @@ def test_the_stream_cap_is_reached_and_released() -> None:
 def test_a_client_that_never_reads_is_dropped_like_one_that_left(
     upstream_server: FakeUpstream, path: str, accept: str
 ) -> None:
-    # 80 MB: more than every buffer between the model and the client can hold (the service's
-    # receive buffer alone may grow to tcp_rmem's maximum, 32 MB here), so the model cannot finish
-    # before the drop however far the kernel tunes them.
-    deltas = ["x" * 2000] * 40_000
+    # A stream must outgrow every buffer between the model and the client however far the kernel
+    # tunes them, or the model finishes into them before the drop. The JSON route writes only once
+    # the model has finished: its reply need only outgrow the client's side.
+    size = 2 * kernel_buffers() if path.endswith("stream") else 10_000_000
+    deltas = ["x" * 2000] * (size // 2000)
     upstream_server.reset(Script(deltas=deltas))
     server = LiveServer(
         {
@@ -306,6 +308,16 @@ def test_a_client_that_never_reads_is_dropped_like_one_that_left(
         assert "Traceback" not in server.log_text() and "[ERROR]" not in server.log_text()
     finally:
         server.stop()
+
+
+def kernel_buffers() -> int:
+    """The most a reply can sit in between the model and a stalled client: the service's receive
+    buffer and two send buffers (the model's, the service's), each at its largest (``tcp_rmem``,
+    ``tcp_wmem``)."""
+    most = [
+        int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2]) for name in ("tcp_rmem", "tcp_wmem")
+    ]
+    return most[0] + 2 * most[1]
 
 
 def test_sigterm_closes_an_idle_connection_and_stops_at_once() -> None:
