@@ -278,11 +278,7 @@ def test_the_stream_cap_is_reached_and_released() -> None:
 def test_a_client_that_never_reads_is_dropped_like_one_that_left(
     upstream_server: FakeUpstream, path: str, accept: str
 ) -> None:
-    # A stream must outgrow every buffer between the model and the client however far the kernel
-    # tunes them, or the model finishes into them before the drop. The JSON route writes only once
-    # the model has finished: its reply need only outgrow the client's side.
-    size = 2 * kernel_buffers() if path.endswith("stream") else 10_000_000
-    deltas = ["x" * 2000] * (size // 2000)
+    deltas = ["x" * 2000] * (outgrowing_buffers(streamed=path.endswith("stream")) // 2000)
     upstream_server.reset(Script(deltas=deltas))
     server = LiveServer(
         {
@@ -310,14 +306,16 @@ def test_a_client_that_never_reads_is_dropped_like_one_that_left(
         server.stop()
 
 
-def kernel_buffers() -> int:
-    """The most a reply can sit in between the model and a stalled client: the service's receive
-    buffer and two send buffers (the model's, the service's), each at its largest (``tcp_rmem``,
-    ``tcp_wmem``)."""
-    most = [
+def outgrowing_buffers(streamed: bool) -> int:
+    """Twice what the kernel can hold of a reply whose client never reads, however far it tunes its
+    buffers (to ``tcp_rmem``'s and ``tcp_wmem``'s maxima). A stream can sit in three: the model's
+    send buffer, the service's receive buffer from it and its send buffer to the client; less, and
+    the model finishes into them before the drop. A JSON reply is written only once the model has
+    finished, so only the service's send buffer holds it."""
+    receive, send = (
         int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2]) for name in ("tcp_rmem", "tcp_wmem")
-    ]
-    return most[0] + 2 * most[1]
+    )
+    return 2 * (receive + 2 * send if streamed else send)
 
 
 def test_sigterm_closes_an_idle_connection_and_stops_at_once() -> None:
