@@ -1,5 +1,6 @@
 """gunicorn hooks the Procfile's flags cannot carry: the database's migrations, applied once per
-host before any worker starts, and Prometheus's directory for many workers.
+host before any worker starts, Prometheus's directory for many workers, and a worker's shutdown
+that lets the replies it writes end (or stores them interrupted).
 
 prometheus_client picks its storage when first imported, from PROMETHEUS_MULTIPROC_DIR,
 so the directory is set here, in the master, before any worker starts, and the library
@@ -39,11 +40,59 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Close idle connections at SIGTERM; write each response chunk with one system call; spend
-    less of the worker on the garbage collector."""
+    """Close idle connections at SIGTERM and let the replies being written end in time; write each
+    response chunk with one system call; spend less of the worker on the garbage collector."""
     close_idle_connections_on_exit(worker)
+    finish_replies_on_exit(worker)
     send_writes_at_once()
     collect_less()
+
+
+def worker_exit(server, worker):
+    """Before the worker goes: the replies it still writes get what is left of the graceful
+    timeout, then are stored ``interrupted`` with their text (see finish_replies_on_exit)."""
+    replies = worker_replies(worker)
+    if replies is None:
+        return
+    finishing = getattr(worker, "finishing_replies", None)
+    if finishing is None:  # leaving without SIGTERM (say, a changed parent): no time to give
+        replies.shutdown(0.0)
+    else:
+        finishing.join()
+
+
+def worker_replies(worker):
+    """The app's replies (app.replies.worker.Replies), if the worker serves the app."""
+    return getattr(getattr(worker, "wsgi", None), "extensions", {}).get("replies")
+
+
+def finish_replies_on_exit(worker):
+    """Make SIGTERM give the conversation replies this worker writes the graceful timeout.
+
+    A reply goes on without its client, so the worker may have no connection left while it
+    still writes replies: gunicorn would let it exit at once. From SIGTERM the replies get
+    the graceful timeout, less a margin (the master kills the worker when it ends); those
+    still running then are stored ``interrupted`` with their text, and their readers get
+    the end. ``worker_exit`` waits for that before the worker goes.
+    """
+    import signal
+    import time
+
+    import gevent
+
+    replies = worker_replies(worker)
+    if replies is None:
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle_term(signum, frame):
+        previous(signum, frame)
+        if getattr(worker, "finishing_replies", None) is None:
+            graceful = worker.cfg.graceful_timeout
+            deadline = time.monotonic() + max(0.0, graceful - min(1.0, graceful / 4))
+            worker.finishing_replies = gevent.spawn(replies.shutdown, deadline)
+
+    signal.signal(signal.SIGTERM, handle_term)
 
 
 def collect_less():

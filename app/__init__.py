@@ -38,6 +38,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         observability.configure_logging(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
     app.extensions["llm"] = build_llm(app.config)
     app.extensions["db"] = open_database(app.config["DATABASE_URL"])
+    from .replies.worker import Replies
+
+    app.extensions["replies"] = Replies(app.extensions["db"], app.config)
     observability.init_app(app)
 
     from . import chat, conversations, errors, guards, metrics, openapi, pages

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from . import turns
 from .body import read_body
-from .guards import on_close
+from .guards import keep_slot, on_close
+from .models import Conversation
 from .relay import Relay
-from .validation import conversation_ref, parse_chat, read_json
+from .replies.reader import Reader
+from .replies.store import worker_id
+from .validation import ChatRequest, conversation_ref, parse_chat, read_json
 
 bp = Blueprint("chat", __name__, url_prefix="/api")
 
@@ -30,8 +32,8 @@ def chat() -> dict[str, object]:
         "usage": relay.usage.as_dict() if relay.usage else None,
         "request_id": g.request_id,
     }
-    if g.get("turn"):
-        answer.update(conversation_id=g.turn.conversation_id, message_id=g.turn.reply_id)
+    if isinstance(relay, Reader):
+        answer.update(conversation_id=g.turn.conversation_id, message_id=g.turn.reply_id, status=relay.status)
     return answer
 
 
@@ -53,41 +55,65 @@ def name_the_turn(response: Response) -> Response:
     return response
 
 
-def start_relay(framing: str) -> Relay:
-    """Check the body, store the user's turn if in a conversation, open the model's stream,
-    and wait for its first delta."""
+def start_relay(framing: str) -> Relay | Reader:
+    """Check the body and open the model's stream (in a conversation, start the turn's reply), and
+    wait for its first delta."""
     config = current_app.config
     body = read_json(read_body(), request.mimetype)
     conversation_id = conversation_ref(body)
     db = current_app.extensions["db"]
     conversation = None if conversation_id is None else turns.find(db, conversation_id, g.get("owner"))
     chat = parse_chat(body, config, conversation)
-    turn = None
-    if conversation is not None:
-        turn, chat = turns.start(db, conversation, chat, stale_after=config["UPSTREAM_TIMEOUT_S"])
-        g.turn = turn
     g.model = chat.model
-    llm = current_app.extensions["llm"]
     g.upstream_started = time.perf_counter()
-    metadata: dict[str, Any] = {
-        "request_id": g.request_id,
-        "model": chat.model,
-        "conversation_id": turn.conversation_id if turn else None,
-        "message_id": turn.reply_id if turn else None,
-    }
+    if conversation is not None:
+        return start_turn(conversation, chat, framing)
+    metadata = {"request_id": g.request_id, "model": chat.model, "conversation_id": None, "message_id": None}
     relay = g.relay = Relay(
-        llm.stream(chat),
+        current_app.extensions["llm"].stream(chat),
         started=g.started,
         framing=framing,
         ping_s=config["SSE_PING_S"],
         metadata=metadata,
-        on_end=turn.record if turn else None,
         write_timeout_s=config["CLIENT_WRITE_TIMEOUT_S"],
     )
     after_this_request(on_close(relay.close))  # a JSON reply is written after the view: watched until then
-    if turn is not None:
-        turn.keep_alive()  # from here on, the relay stores the reply however it ends
     # Hang up on the model as soon as the client hangs up (gunicorn only hands out its socket).
-    watched = request.environ.get("gunicorn.socket")
-    relay.open(None if framing == "json" else config["FIRST_DELTA_WAIT_S"], watched)
+    relay.open(
+        None if framing == "json" else config["FIRST_DELTA_WAIT_S"], request.environ.get("gunicorn.socket")
+    )
     return relay
+
+
+def start_turn(conversation: Conversation, chat: ChatRequest, framing: str) -> Reader:
+    """Store the user's message, start the reply as the server's own work, and read it: the
+    response is the reply's first reader, and its client leaving changes nothing (unless
+    REPLY_ON_DISCONNECT is ``stop``)."""
+    config = current_app.config
+    replies = current_app.extensions["replies"]
+    db = current_app.extensions["db"]
+    turn, chat = turns.start(db, conversation, chat, replies.stale_after, worker_id())
+    g.turn = turn
+    job = replies.start(
+        turn.conversation_id, turn.reply_id, current_app.extensions["llm"].stream(chat), keep_slot()
+    )
+    reader = g.relay = Reader(
+        job.log,
+        g.started,
+        framing=framing,
+        metadata={
+            "request_id": g.request_id,
+            "model": chat.model,
+            "conversation_id": turn.conversation_id,
+            "message_id": turn.reply_id,
+        },
+        ping_s=config["SSE_PING_S"],
+        write_timeout_s=config["CLIENT_WRITE_TIMEOUT_S"],
+        catch_up=False,  # the turn's own reader gets every event as the model wrote it
+        on_leave=job.stop if config["REPLY_ON_DISCONNECT"] == "stop" else None,
+    )
+    after_this_request(on_close(reader.close))
+    reader.open(
+        None if framing == "json" else config["FIRST_DELTA_WAIT_S"], request.environ.get("gunicorn.socket")
+    )
+    return reader

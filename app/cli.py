@@ -8,7 +8,9 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import requests
@@ -19,8 +21,21 @@ LINE_END = re.compile(r"\r\n|\r|\n")  # the three line endings of server-sent ev
 CONTROLS = dict.fromkeys([*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0)])
 
 
+RESUME_TRIES = 6  # reconnections to a reply whose connection broke before giving up on it
+STOPPED = "the reply was stopped before its end"
+
+
 class Cut(Exception):
     """The event stream ended before its ``done`` or ``error`` event."""
+
+
+@dataclass
+class Progress:
+    """How far a reply has been read: its last event's id, which stored reply it is, what was printed."""
+
+    last_id: str | None = None
+    message_id: str | None = None
+    printed: str = ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,16 +77,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     stored.add_argument(
         "--new", action="store_true", help="start a stored conversation; its id goes to stderr"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="with --conversation and no message: follow the reply being written there (none: exit 0)",
+    )
+    args = parser.parse_args(argv)
+    if args.follow and (args.conversation is None or args.message or args.no_stream):
+        parser.error("--follow takes --conversation ID and no message (nor --no-stream)")
+    return args
 
 
 def chat(args: argparse.Namespace, url: str) -> int:
     """Send the message, as a turn of a stored conversation with --conversation or --new; print the reply."""
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    if args.follow:
+        return follow(url, args.conversation, headers, args.timeout)
     message = " ".join(args.message) if args.message else sys.stdin.read()
     if not message.strip():
         say("give a message, or pipe one in on standard input")
         return 2
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     settings = {"model": args.model, "instructions": args.system}
     settings = {name: value for name, value in settings.items() if value}
     body: dict[str, Any] = {"message": message}
@@ -89,7 +114,7 @@ def chat(args: argparse.Namespace, url: str) -> int:
             body["conversation_id"] = args.conversation
     if args.no_stream:
         return ask(f"{url}/api/chat", body, headers, args.timeout)
-    return stream(f"{url}/api/chat/stream", body, headers, args.timeout)
+    return stream(url, body, headers, args.timeout)
 
 
 def ask(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> int:
@@ -102,14 +127,103 @@ def ask(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float)
 
 
 def stream(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> int:
-    """POST to /api/chat/stream in the SSE framing and write each token as it arrives."""
+    """POST to /api/chat/stream in the SSE framing and write each token as it arrives.
+
+    In a conversation the reply is the server's: a connection that breaks is picked up where it
+    broke, and Ctrl-C stops the reply on the server.
+    """
     headers = {**headers, "Accept": "text/event-stream"}
-    with requests.post(url, json=body, headers=headers, stream=True, timeout=(10, timeout)) as response:
-        if not response.ok:
-            return fail(response)
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            raise ValueError("the answer is not an event stream")
-        error = relay(response.iter_content(chunk_size=None), sys.stdout)
+    conversation = body.get("conversation_id")
+    progress = Progress()
+    try:
+        with requests.post(
+            f"{url}/api/chat/stream", json=body, headers=headers, stream=True, timeout=(10, timeout)
+        ) as response:
+            if not response.ok:
+                return fail(response)
+            if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+                raise ValueError("the answer is not an event stream")
+            try:
+                error = relay(response.iter_content(chunk_size=None), sys.stdout, progress)
+            except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError, Cut):
+                if conversation is None:
+                    raise
+                error = resume(url, conversation, headers, timeout, progress)
+    except KeyboardInterrupt:
+        if conversation is not None:  # its reply is the server's: it would go on without us
+            stop(url, conversation, headers)
+        raise
+    return ended(error)
+
+
+def follow(url: str, conversation: str, headers: dict[str, str], timeout: float) -> int:
+    """Follow the reply being written in ``conversation`` to its end; 0 at once when there is none."""
+    progress = Progress()
+    try:
+        error = resume(url, conversation, {**headers, "Accept": "text/event-stream"}, timeout, progress)
+    except KeyboardInterrupt:
+        if progress.message_id is not None:
+            stop(url, conversation, headers)
+        raise
+    if error is None and progress.message_id is None:
+        return 0  # nothing was being written
+    return ended(error)
+
+
+def resume(
+    url: str, conversation: str, headers: dict[str, str], timeout: float, progress: Progress
+) -> str | None:
+    """Read the conversation's reply from where ``progress`` stands to its end (reconnecting while
+    the connection keeps breaking); None when it ended well, else the sentence to print."""
+    address = f"{url}/api/conversations/{conversation}/stream"
+    for attempt in range(RESUME_TRIES):
+        if attempt:
+            time.sleep(min(0.25 * 2**attempt, 4.0))
+        asked = dict(headers)
+        if progress.last_id is not None:
+            asked["Last-Event-ID"] = progress.last_id
+        try:
+            with requests.get(address, headers=asked, stream=True, timeout=(10, timeout)) as response:
+                if response.status_code == 204:
+                    return stored_end(url, conversation, headers, timeout, progress)
+                if not response.ok:
+                    fail(response)
+                    return "the reply could not be followed"
+                return relay(response.iter_content(chunk_size=None), sys.stdout, progress)
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError, Cut):
+            continue  # broke again: once more from where it stands now
+    raise Cut
+
+
+def stored_end(
+    url: str, conversation: str, headers: dict[str, str], timeout: float, progress: Progress
+) -> str | None:
+    """Nothing more is being written: print what the stored reply has beyond what was printed."""
+    if progress.message_id is None:
+        return None  # no reply was being written to begin with
+    response = requests.get(f"{url}/api/conversations/{conversation}", headers=headers, timeout=(10, timeout))
+    if not response.ok:
+        fail(response)
+        return "the reply could not be read back"
+    messages = response.json().get("messages")
+    found = [m for m in messages if isinstance(m, dict) and m.get("id") == progress.message_id]
+    if not found:
+        return "the reply is gone"
+    content, status = field(found[0], "content"), field(found[0], "status")
+    if content.startswith(progress.printed):
+        sys.stdout.write(printable(content[len(progress.printed) :]))
+    return {"complete": None, "stopped": STOPPED}.get(status, f"the reply ended as {status}")
+
+
+def stop(url: str, conversation: str, headers: dict[str, str]) -> None:
+    """Stop the reply on the server (Ctrl-C): best effort, the command is leaving anyway."""
+    try:
+        requests.post(f"{url}/api/conversations/{conversation}/stop", headers=headers, timeout=(3, 10))
+    except requests.RequestException:
+        say("the reply could not be stopped on the server")
+
+
+def ended(error: str | None) -> int:
     print()
     if error is not None:
         say(error)
@@ -117,25 +231,32 @@ def stream(url: str, body: dict[str, Any], headers: dict[str, str], timeout: flo
     return 0
 
 
-def relay(chunks: Iterable[bytes], out: TextIO) -> str | None:
+def relay(chunks: Iterable[bytes], out: TextIO, progress: Progress | None = None) -> str | None:
     """Write each token event's text to ``out`` as it comes; None after ``done``, or the error sentence.
 
     Raises ``Cut`` when the stream ends without either.
     """
+    progress = progress or Progress()
     # A token may end inside a UTF-16 surrogate pair (its JSON escapes the half): the decoder keeps
     # the half until the next token completes it.
     pairs = codecs.getincrementaldecoder("utf-16-le")(errors="replace")
-    for data in events(lines(chunks)):
+    seen: dict[str, str] = {}
+    for data in events(lines(chunks), seen):
         event = json.loads(data)
         kind = field(event, "type")
         if kind == "token":
-            out.write(printable(pairs.decode(field(event, "content").encode("utf-16-le", "surrogatepass"))))
+            text = field(event, "content")
+            out.write(printable(pairs.decode(text.encode("utf-16-le", "surrogatepass"))))
             out.flush()
+            progress.printed += text
         elif kind == "error":
             return field(event, "message")
         elif kind == "done":
-            return None
-        # metadata, reasoning and any later kind of event are not part of the reply
+            return STOPPED if event.get("status") == "stopped" else None
+        elif kind == "metadata" and isinstance(event.get("message_id"), str):
+            progress.message_id = event["message_id"]
+        # reasoning and any later kind of event are not part of the reply
+        progress.last_id = seen.get("id", progress.last_id)
     raise Cut
 
 
@@ -154,18 +275,24 @@ def lines(chunks: Iterable[bytes]) -> Iterator[str]:
     yield from complete
 
 
-def events(lines: Iterable[str]) -> Iterator[str]:
-    """The data of each event: its ``data:`` lines joined with \\n; comments and other fields ignored."""
+def events(lines: Iterable[str], seen: dict[str, str] | None = None) -> Iterator[str]:
+    """The data of each event: its ``data:`` lines joined with \\n; comments and other fields ignored
+    but ``id:``, which ``seen["id"]`` follows (a conversation's reply numbers its events)."""
     data: list[str] = []
+    event_id = None
     for line in lines:
         if not line:  # a blank line ends the event
             if data:
+                if event_id is not None and seen is not None:
+                    seen["id"] = event_id
                 yield "\n".join(data)
-            data = []
+            data, event_id = [], None
         elif not line.startswith(":"):
             name, _, value = line.partition(":")
             if name == "data":
                 data.append(value.removeprefix(" "))
+            elif name == "id":
+                event_id = value.removeprefix(" ")
 
 
 def field(data: Any, name: str) -> str:

@@ -1,12 +1,15 @@
-"""The conversation routes: create, list, read, update and delete conversations kept on the server."""
+"""The conversation routes: create, list, read, update and delete conversations kept on the server;
+follow the reply being written in one, and stop it, from any worker or host."""
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, after_this_request, current_app, g, request
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -14,7 +17,11 @@ from . import turns
 from .body import read_body
 from .db import reading
 from .errors import ApiError
+from .guards import on_close
 from .models import Conversation, Message, utcnow
+from .replies import store
+from .replies.reader import Reader
+from .replies.worker import Replies
 from .validation import parse_conversation, read_json
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/conversations")
@@ -24,6 +31,11 @@ MAX_PAGE_SIZE = 100
 CURSOR = re.compile(r"[0-9]{1,19}\.[A-Za-z0-9_-]{1,64}")  # any such text is a place in the list
 EPOCH = datetime(1970, 1, 1)
 LAST_MICROS = (datetime.max - EPOCH) // timedelta(microseconds=1)
+EVENT_ID = re.compile(r"[0-9]{1,18}")
+RESUMABLE_FOR = timedelta(seconds=60)  # an ended reply's events can be resumed this long after its end
+STOP_WAIT_S = 3.0  # how long a stop waits for the worker writing the reply to store it
+STOP_POLL_S = 0.05
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @bp.post("")
@@ -53,9 +65,10 @@ def index() -> dict[str, Any]:
     query = query.order_by(Conversation.updated_at.desc(), Conversation.id.desc()).limit(limit + 1)
     with reading(db()) as session:
         found = list(session.scalars(query))
-    page, more = found[:limit], len(found) > limit
+        page, more = found[:limit], len(found) > limit
+        running = replying(session, [conversation.id for conversation in page])
     return {
-        "conversations": [as_json(conversation) for conversation in page],
+        "conversations": [as_json(conversation, conversation.id in running) for conversation in page],
         "next": cursor(page[-1]) if more else None,
     }
 
@@ -68,13 +81,69 @@ def show(conversation_id: str) -> dict[str, Any]:
         messages = session.scalars(
             select(Message).where(Message.conversation_id == conversation.id).order_by(Message.seq)
         ).all()
-    stale_after, now = timedelta(seconds=current_app.config["UPSTREAM_TIMEOUT_S"]), utcnow()
+    abandoned = [lost(message) for message in messages]
     return {
-        **as_json(conversation),
-        "messages": [
-            message_json(message, turns.is_stale(message, now, stale_after)) for message in messages
-        ],
+        **as_json(conversation, any(m.status == "streaming" for m in messages) and not any(abandoned)),
+        "messages": [message_json(message, gone) for message, gone in zip(messages, abandoned, strict=True)],
     }
+
+
+@bp.get("/<conversation_id>/stream")
+def follow(conversation_id: str) -> Response:
+    """Follow the reply being written in the conversation, from the event the client names."""
+    conversation = find(conversation_id)
+    after = event_cursor()
+    reply = store.latest_reply(db(), conversation.id)
+    if reply is None or not resumable(reply, after):
+        return Response(status=204)
+    log, detach = replies().attach(reply)
+    sse = "text/event-stream" in request.headers.get("Accept", "")
+    reader = g.relay = Reader(
+        log,
+        g.started,
+        framing="sse" if sse else "text",
+        after=after or 0,
+        metadata={
+            "request_id": g.request_id,
+            "model": reply.model,
+            "conversation_id": conversation.id,
+            "message_id": reply.id,
+        },
+        ping_s=current_app.config["SSE_PING_S"],
+        write_timeout_s=current_app.config["CLIENT_WRITE_TIMEOUT_S"],
+        on_close=detach,
+    )
+    after_this_request(on_close(reader.close))
+    reader.open(None, request.environ.get("gunicorn.socket"))
+    headers = {**STREAM_HEADERS, "X-Conversation-ID": conversation.id, "X-Message-ID": reply.id}
+    return Response(reader, mimetype="text/event-stream" if sse else "text/plain", headers=headers)
+
+
+@bp.post("/<conversation_id>/stop")
+def stop(conversation_id: str) -> Response | dict[str, Any]:
+    """Stop the reply being written in the conversation, wherever it is written; the stored message."""
+    conversation = find(conversation_id)
+    reply = store.latest_reply(db(), conversation.id)
+    if reply is None or reply.status != "streaming" or replies().abandoned(reply):
+        return Response(status=204)  # nothing is being written: stopping twice is harmless
+    job = replies().stop(reply.id)
+    if job is not None:
+        job.log.wait_end(threading.Event(), STOP_WAIT_S)  # stored before its end is told
+    elif replies().request_stop(reply.id):
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            current = store.read(db(), reply.id)
+            if current is None or current.status != "streaming":
+                break
+            time.sleep(STOP_POLL_S)
+        else:
+            # Its worker did not act on the stop: it is no longer writing it, whatever it does.
+            store.end_abandoned(db(), reply, "stopped")
+    with reading(db()) as session:
+        message = session.scalars(select(Message).where(Message.id == reply.id)).first()
+    if message is None:
+        raise turns.not_found()  # deleted meanwhile
+    return message_json(message, False)
 
 
 @bp.patch("/<conversation_id>")
@@ -108,6 +177,57 @@ def remove(conversation_id: str) -> Response:
 
 def db() -> sessionmaker[Session]:
     return current_app.extensions["db"]  # type: ignore[no-any-return]
+
+
+def replies() -> Replies:
+    return current_app.extensions["replies"]  # type: ignore[no-any-return]
+
+
+def lost(message: Message) -> bool:
+    """Is ``message`` a reply still marked as being written whose worker is gone?"""
+    return store.is_abandoned(message.status, message.writer, message.updated_at, replies().stale_after)
+
+
+def replying(session: Session, conversation_ids: list[str]) -> set[str]:
+    """Which of these conversations have a reply being written now."""
+    if not conversation_ids:
+        return set()
+    rows = session.execute(
+        select(Message.conversation_id, Message.status, Message.writer, Message.updated_at).where(
+            Message.conversation_id.in_(conversation_ids), Message.status == "streaming"
+        )
+    ).all()
+    stale_after = replies().stale_after
+    return {row[0] for row in rows if not store.is_abandoned(*row[1:], stale_after)}
+
+
+def event_cursor() -> int | None:
+    """The event a reader resumes after: ``Last-Event-ID``, else ``?after=``; None for neither."""
+    value = request.headers.get("Last-Event-ID")
+    if value is None:
+        value = request.args.get("after")
+    if value is None or value == "":
+        return None
+    if EVENT_ID.fullmatch(value) is None:
+        raise ApiError(
+            "'Last-Event-ID' (or 'after') must be the id of an event of the reply, a whole number."
+        )
+    return int(value)
+
+
+def resumable(reply: store.Stored, after: int | None) -> bool:
+    """Is there anything to send a reader of ``reply`` who has the events up to ``after``?
+
+    A reply being written: yes. One that has ended: only to a reader that names one of its
+    events but the last, at most RESUMABLE_FOR after its end (a reader that lost its
+    connection just before the end gets the rest).
+    """
+    if reply.status == "streaming" and not replies().abandoned(reply):
+        return True
+    if after is None or after < 1 or reply.events is None:
+        return False
+    reply = store.read(db(), reply.id) or reply  # as stored at its end
+    return after <= reply.last_event and reply.updated_at >= utcnow() - RESUMABLE_FOR
 
 
 def owner() -> str | None:
@@ -146,7 +266,7 @@ def timestamp(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds") + "Z"
 
 
-def as_json(conversation: Conversation) -> dict[str, Any]:
+def as_json(conversation: Conversation, streaming: bool = False) -> dict[str, Any]:
     return {
         "id": conversation.id,
         "title": conversation.title,
@@ -154,6 +274,7 @@ def as_json(conversation: Conversation) -> dict[str, Any]:
         "model": conversation.model,
         "created_at": timestamp(conversation.created_at),
         "updated_at": timestamp(conversation.updated_at),
+        "streaming": streaming,  # a reply is being written in it now
     }
 
 

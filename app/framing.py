@@ -61,7 +61,9 @@ def stream_events(relay: Relay) -> Generator[bytes]:
             elif item is not PING:
                 usage = relay.take_usage(item)
                 relay.end("complete")  # stored before the client hears that it is done
-                yield sse.frame({"type": "done", "usage": usage.as_dict() if usage else None})
+                yield sse.frame(
+                    {"type": "done", "usage": usage.as_dict() if usage else None, "status": "complete"}
+                )
                 return
             else:
                 yield sse.PING

@@ -113,9 +113,36 @@ def key_id(key: str) -> str:
     return "key:" + hashlib.scrypt(key.encode(), salt=KEY_ID_SALT, **KEY_ID_COST).hex()
 
 
+STREAMING_ENDPOINTS = ("chat.chat", "chat.chat_stream", "conversations.follow")
+
+
+class Slot:
+    """A reply's place under MAX_STREAMS_PER_CLIENT, given back once: when its response closes,
+    or, for a conversation turn, when the reply the server writes for it ends."""
+
+    def __init__(self, give_back: Callable[[], None]) -> None:
+        self._give_back: Callable[[], None] | None = give_back
+        self.kept = False
+
+    def keep(self) -> Callable[[], None]:
+        """Hold the slot past the response; the function that gives it back."""
+        self.kept = True
+        return self.give_back
+
+    def release(self) -> None:
+        """The response closed: give the slot back unless the reply kept it."""
+        if not self.kept:
+            self.give_back()
+
+    def give_back(self) -> None:
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
+
+
 def hold_slot() -> None:
-    """Count a reply in flight against its client until its response closes, or refuse it."""
-    if request.blueprint != "chat" or request.method != "POST":
+    """Count a reply in flight (or a reader of one) against its client until it is over, or refuse it."""
+    if request.endpoint not in STREAMING_ENDPOINTS or request.method not in ("POST", "GET"):
         return
     give_back = current_app.extensions["slots"].take(client_key())
     if give_back is None:
@@ -124,7 +151,14 @@ def hold_slot() -> None:
             429,
             {"Retry-After": "1"},
         )
-    after_this_request(on_close(give_back))
+    slot = g.slot = Slot(give_back)
+    after_this_request(on_close(slot.release))
+
+
+def keep_slot() -> Callable[[], None] | None:
+    """Hand this request's slot, if it holds one, to the reply it starts: given back at its end."""
+    slot: Slot | None = g.get("slot")
+    return None if slot is None else slot.keep()
 
 
 def on_close(function: Callable[[], None]) -> Callable[[Response], Response]:

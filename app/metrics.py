@@ -44,6 +44,11 @@ TOKENS = Counter("chat_output_tokens_total", "Tokens the model reported writing.
 UPSTREAM_ERRORS = Counter("chat_upstream_errors_total", "Upstream failures, by kind.", ["reason"])
 OUTCOMES = Counter("chat_replies_total", "Chat replies by outcome.", ["outcome"])
 OPEN = Gauge("chat_streams_open", "Streams being sent now.", multiprocess_mode="livesum")
+RUNNING = Gauge(
+    "chat_replies_running",
+    "Conversation replies being written now, read or not.",
+    multiprocess_mode="livesum",
+)
 
 
 def observe(fields: dict[str, Any], route: str) -> None:

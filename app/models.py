@@ -6,11 +6,12 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ID_LENGTH = 22  # secrets.token_urlsafe(16): 128 random bits, URL-safe
 TITLE_CHARS = 200
+WRITER_CHARS = 100  # host name and process id of the worker writing a reply
 
 
 def new_id() -> str:
@@ -75,3 +76,11 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     # While streaming, the reply's heartbeat: a reply whose worker died stops beating.
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=as_created)
+    # A reply's life as the server writes it (see app/replies): who writes it, its reasoning
+    # text, how many events it has had, and where each one lies in the two texts.
+    writer: Mapped[str | None] = mapped_column(String(WRITER_CHARS))
+    reasoning: Mapped[str | None] = mapped_column(Text)
+    last_event: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    events: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)  # the sentence a failed reply's readers got
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -105,7 +105,7 @@ def chat_operation(stream: bool) -> dict[str, Any]:
         ok = {
             "description": "The reply's text as it is written; a failure after the start ends it with "
             "'\\n[error: <reason>]' (with Accept: text/event-stream: metadata, then token and reasoning, "
-            "then done or error events)",
+            "then done or error events; in a conversation turn each event after metadata has an id:)",
             "content": {
                 "text/plain": {"schema": {"type": "string"}},
                 "text/event-stream": {"schema": {"type": "string"}},
@@ -192,6 +192,10 @@ def schemas(config: Mapping[str, Any]) -> dict[str, Any]:
                 "request_id": {"type": "string"},
                 "conversation_id": {"type": "string", "description": "In a conversation turn"},
                 "message_id": {"type": "string", "description": "The stored reply, in a turn"},
+                "status": {
+                    "enum": ["complete", "stopped"],
+                    "description": "How the stored reply ended, in a turn (stopped: from elsewhere)",
+                },
             },
         },
         **conversation_schemas(config),
@@ -326,6 +330,83 @@ def conversation_paths() -> dict[str, Any]:
                 },
             },
         },
+        **reply_paths(guarded, conversation_id, denied, unknown, limited),
+    }
+
+
+def reply_paths(
+    guarded: dict[str, Any], conversation_id: dict[str, Any], *errors: dict[str, Any]
+) -> dict[str, Any]:
+    """Follow and stop the reply being written in a conversation, from any worker or host."""
+    denied, unknown, limited = errors
+    ids = {
+        "X-Conversation-ID": {"description": "The conversation", "schema": {"type": "string"}},
+        "X-Message-ID": {"description": "The reply being followed", "schema": {"type": "string"}},
+    }
+    return {
+        "/api/conversations/{conversation_id}/stream": {
+            "parameters": [conversation_id],
+            "get": {
+                **guarded,
+                "summary": "Follow the reply being written: what it has so far, then the rest as it comes",
+                "description": "Plain text, or Server-Sent Events with Accept: text/event-stream (metadata, "
+                "then each event with its id, then done or error). Resume after an event with "
+                "Last-Event-ID or ?after= (the header wins); a reader catching up may get a run of "
+                "token events joined into one, bearing the last of their ids.",
+                "parameters": [
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "description": "The id of the last event the client has (Last-Event-ID wins)",
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
+                        "description": "As a browser's EventSource sends it when it reconnects",
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "The reply's events after the one named (all of them for none)",
+                        "headers": ids,
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    "204": {
+                        "description": "No reply is being written (or the id named the reply's final "
+                        "event, or the reply ended more than 60 seconds ago)"
+                    },
+                    "400": error_response("'after' or Last-Event-ID is not a whole number"),
+                    "401": denied,
+                    "404": unknown,
+                    "429": throttled(
+                        "Too many replies in flight for this client, or too many failed authentications "
+                        "from this address; see Retry-After"
+                    ),
+                },
+            },
+        },
+        "/api/conversations/{conversation_id}/stop": {
+            "parameters": [conversation_id],
+            "post": {
+                **guarded,
+                "summary": "Stop the reply being written, wherever it is written",
+                "responses": {
+                    "200": {
+                        "description": "The reply, stored as stopped with its text so far",
+                        "content": json_of({"$ref": "#/components/schemas/Message"}),
+                    },
+                    "204": {"description": "No reply was being written: nothing to stop"},
+                    "401": denied,
+                    "404": unknown,
+                    "429": limited,
+                },
+            },
+        },
     }
 
 
@@ -341,6 +422,7 @@ def conversation_schemas(config: Mapping[str, Any]) -> dict[str, Any]:
             "model": nullable_text,
             "created_at": {"type": "string", "format": "date-time"},
             "updated_at": {"type": "string", "format": "date-time"},
+            "streaming": {"type": "boolean", "description": "A reply is being written in it now"},
         },
     }
     message = {
@@ -361,8 +443,12 @@ def conversation_schemas(config: Mapping[str, Any]) -> dict[str, Any]:
         "ConversationWithMessages": {
             **conversation,
             "required": [*conversation["required"], "messages"],
-            "properties": {**conversation["properties"], "messages": {"type": "array", "items": message}},
+            "properties": {
+                **conversation["properties"],
+                "messages": {"type": "array", "items": {"$ref": "#/components/schemas/Message"}},
+            },
         },
+        "Message": message,
         "ConversationPage": {
             "type": "object",
             "required": ["conversations", "next"],

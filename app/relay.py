@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import framing, hangup
@@ -35,7 +35,6 @@ class Relay:
         framing: str = "text",
         ping_s: float = 15.0,
         metadata: dict[str, Any] | None = None,
-        on_end: Callable[[Relay], None] | None = None,
         write_timeout_s: float = 60.0,
     ) -> None:
         self.source = source
@@ -53,9 +52,6 @@ class Relay:
         self.finished = False
         self.client_gone = False
         self.metadata = metadata or {}  # SSE: the first event's fields (request id, model, ids)
-        # Told once how the reply ended; only then is the reply's text kept, to be stored.
-        self.on_end = on_end
-        self._texts_kept: list[str] | None = [] if on_end else None
         self.first: Delta = None
         self._body: Generator[bytes] | None = None
         self.pump: Pump | None = None  # SSE, and plain text's first delta: read in a greenlet of its own
@@ -134,27 +130,11 @@ class Relay:
             # Unblock the pump (unless the reply is complete: then it may be draining the
             # body's end, to keep the connection for reuse); it closes the source as it stops.
             self._cancel()
-        self._report()  # a departure, if nothing ended the reply before
-
-    def reply_text(self) -> str:
-        """The text received so far (kept only when someone is told how the reply ended)."""
-        return repaired("".join(self._texts_kept or ()))
 
     def end(self, outcome: str, reason: str | None = None) -> None:
         self.finished = True
         if not self.client_gone:  # else how the reply ended was settled when the client left
             self.outcome, self.reason = outcome, reason
-        self._report()
-
-    def _report(self) -> None:
-        on_end, self.on_end = self.on_end, None
-        if on_end is None:
-            return
-        try:
-            on_end(self)
-        except Exception:
-            # The reply itself still reaches the client; the operator must hear of the loss.
-            log.exception("could not store how a reply ended")
 
     def over(self) -> bool:
         """Is the reply ended and written (as far as the server tells)?"""
@@ -243,5 +223,3 @@ class Relay:
             self.ttft_ms = (time.perf_counter() - self.started) * 1000.0
         self.chunks += 1
         self.chars += len(text)
-        if self._texts_kept is not None:
-            self._texts_kept.append(text)

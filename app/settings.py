@@ -30,7 +30,9 @@ DEFAULTS: dict[str, str] = {
     "FIRST_DELTA_WAIT_S": "10",
     "API_KEYS": "",
     "RATE_LIMIT": "",
-    "RATE_LIMIT_STORAGE_URI": "memory://",
+    "REDIS_URL": "",
+    "RATE_LIMIT_STORAGE_URI": "",  # REDIS_URL when set, else memory://
+    "REPLY_ON_DISCONNECT": "finish",
     "CORS_ORIGINS": "",
     "TRUSTED_PROXIES": "0",
     "METRICS_TOKEN": "",
@@ -82,7 +84,9 @@ def load_settings(environ: Mapping[str, Any]) -> dict[str, Any]:
         "FIRST_DELTA_WAIT_S": _number(raw, "FIRST_DELTA_WAIT_S", float, 0, 3600),
         "API_KEYS": _list(raw["API_KEYS"]),
         "RATE_LIMIT": _rate_limit(raw, "RATE_LIMIT"),
+        "REDIS_URL": _redis_url(raw, "REDIS_URL"),
         "RATE_LIMIT_STORAGE_URI": _storage(raw, "RATE_LIMIT_STORAGE_URI"),
+        "REPLY_ON_DISCONNECT": _choice(raw, "REPLY_ON_DISCONNECT", ("finish", "stop")),
         "CORS_ORIGINS": _origins(raw, "CORS_ORIGINS"),
         "TRUSTED_PROXIES": _number(raw, "TRUSTED_PROXIES", int, 0, 10),
         "METRICS_TOKEN": raw["METRICS_TOKEN"] or None,
@@ -197,10 +201,19 @@ def _rate_limit(raw: Mapping[str, str], name: str) -> str | None:
     return value.replace(",", ";")
 
 
-def _storage(raw: Mapping[str, str], name: str) -> str:
+def _redis_url(raw: Mapping[str, str], name: str) -> str | None:
     value = raw[name]
+    if not value:
+        return None
+    if not value.startswith(("redis://", "rediss://")):
+        raise SettingsError(f"{name} must be a redis:// or rediss:// URL; got {_without_password(value)!r}.")
+    return value
+
+
+def _storage(raw: Mapping[str, str], name: str) -> str:
+    value = raw[name] or raw["REDIS_URL"] or "memory://"
     if not value.startswith(("memory://", "redis://", "rediss://", "redis+sentinel://", "redis+cluster://")):
-        raise SettingsError(f"{name} must be memory:// or a redis:// URL; got {value!r}.")
+        raise SettingsError(f"{name} must be memory:// or a redis:// URL; got {_without_password(value)!r}.")
     return value
 
 

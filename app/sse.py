@@ -74,4 +74,9 @@ def frame(data: dict[str, Any]) -> bytes:
         return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
+def numbered(data: dict[str, Any], event_id: int) -> bytes:
+    """One event of a conversation's reply, with its ``id:`` for resuming after it."""
+    return b"id: %d\n%s" % (event_id, frame(data))
+
+
 PING = b": ping\n\n"  # a comment: keeps proxies from closing a silent stream

@@ -1,38 +1,28 @@
-"""A conversation turn's storage: the user's message before the model is called, the reply after.
-
-The database is touched when a turn starts, when its reply ends, and by a heartbeat every
-third of UPSTREAM_TIMEOUT_S while the reply is written; never per delta. A reply whose
-worker died stops beating and reads as ``interrupted`` once UPSTREAM_TIMEOUT_S has passed.
+"""A conversation turn's storage at its start: the user's message, stored before the model is called,
+and the reply's row, marked as being written by this worker. The reply itself is written,
+checkpointed and stored by ``app.replies``.
 """
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
-import logging
 import re
-import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .db import reading
 from .errors import ApiError
 from .models import ID_LENGTH, Conversation, Message, new_id, utcnow
+from .replies.store import is_abandoned
 from .validation import MAX_TURNS, ChatRequest
-
-if TYPE_CHECKING:
-    from .relay import Relay
-
-log = logging.getLogger(__name__)
 
 TITLE_WORDS_CHARS = 60
 ID = re.compile(rf"[A-Za-z0-9_-]{{{ID_LENGTH}}}")  # what new_id() makes
-STATUS_OF_OUTCOME = {"complete": "complete", "error": "error", "disconnected": "stopped"}
 
 
 class Busy(ApiError):
@@ -56,64 +46,23 @@ def find(db: sessionmaker[Session], conversation_id: str, owner: str | None) -> 
     return conversation
 
 
-def is_stale(message: Message, now: datetime, stale_after: timedelta) -> bool:
-    """A reply still marked as being written whose worker has not beaten for too long."""
-    return message.status == "streaming" and message.updated_at < now - stale_after
-
-
+@dataclass(frozen=True, slots=True)
 class Turn:
-    """One turn in flight: its ids, and the one place its reply gets stored."""
+    """One turn started: its conversation, and the reply being written for it."""
 
-    def __init__(self, db: sessionmaker[Session], conversation_id: str, reply_id: str, beat_s: float) -> None:
-        self.db = db
-        self.conversation_id = conversation_id
-        self.reply_id = reply_id
-        self.beat_s = beat_s
-        self._over = threading.Event()
-
-    def record(self, relay: Relay) -> None:
-        """Store how the reply ended and its text (the relay's ``on_end``)."""
-        self._over.set()
-        now = utcnow()
-        usage = relay.usage
-        with self.db.begin() as session:
-            sql = session.connection()
-            sql.execute(
-                update(Message)
-                .where(Message.id == self.reply_id)
-                .values(
-                    content=relay.reply_text().replace("\x00", "\ufffd"),  # Postgres stores no NUL
-                    status=STATUS_OF_OUTCOME.get(relay.outcome, "error"),
-                    input_tokens=usage.input_tokens if usage else None,
-                    output_tokens=usage.output_tokens if usage else None,
-                    updated_at=now,
-                )
-            )
-            sql.execute(
-                update(Conversation).where(Conversation.id == self.conversation_id).values(updated_at=now)
-            )
-
-    def keep_alive(self) -> None:
-        """Beat until the reply is stored, in a thread of its own (a greenlet under gevent)."""
-        _thread.start_new_thread(self._beat, ())
-
-    def _beat(self) -> None:
-        while not self._over.wait(self.beat_s):
-            try:
-                with self.db.begin() as session:
-                    session.execute(
-                        update(Message)
-                        .where(Message.id == self.reply_id, Message.status == "streaming")
-                        .values(updated_at=utcnow())
-                    )
-            except SQLAlchemyError as error:  # a busy or unreachable database: try at the next beat
-                log.warning("could not mark reply %s as alive: %s", self.reply_id, type(error).__name__)
+    conversation_id: str
+    reply_id: str
 
 
 def start(
-    db: sessionmaker[Session], conversation: Conversation, chat: ChatRequest, stale_after: float
+    db: sessionmaker[Session],
+    conversation: Conversation,
+    chat: ChatRequest,
+    stale_after: timedelta,
+    writer: str,
 ) -> tuple[Turn, ChatRequest]:
-    """Store the user's message and an empty reply being written; the turn, and the chat with history.
+    """Store the user's message and an empty reply that ``writer`` writes; the turn, and the chat
+    with its history.
 
     One transaction, the conversation locked: two turns at once cannot both start (409).
     Plain statements rather than the ORM's unit of work: this is on every turn's way to its
@@ -122,7 +71,7 @@ def start(
     message = chat.messages[-1]["content"]
     now = utcnow()
     user = message_row(conversation.id, "user", "complete", now, content=message)
-    reply = message_row(conversation.id, "assistant", "streaming", now, model=chat.model)
+    reply = message_row(conversation.id, "assistant", "streaming", now, model=chat.model, writer=writer)
     with db.begin() as session:
         sql = session.connection()  # Core statements: no unit of work to run
         # The conversation locked first, then the replies being written read after the lock:
@@ -133,27 +82,32 @@ def start(
         ).first()
         if title is None:
             raise not_found()  # deleted since it was looked up
-        beats = sql.scalars(
-            select(Message.updated_at).where(
+        running = sql.execute(
+            select(Message.status, Message.writer, Message.updated_at).where(
                 Message.conversation_id == conversation.id, Message.status == "streaming"
             )
         ).all()
-        if any(beat >= now - timedelta(seconds=stale_after) for beat in beats):
+        if not all(is_abandoned(*row, stale_after) for row in running):
             raise Busy("A reply in this conversation is still being written; wait for it to finish.")
-        if beats:  # their workers died
+        if running:  # their workers died
             sql.execute(
                 update(Message)
                 .where(Message.conversation_id == conversation.id, Message.status == "streaming")
                 .values(status="interrupted")
             )
+        # Only the newest reply can be resumed from an event id: the older ones' events go.
+        sql.execute(
+            update(Message)
+            .where(Message.conversation_id == conversation.id, Message.events.is_not(None))
+            .values(events=None)
+        )
         history = load_history(sql, conversation.id)
         sql.execute(insert(Message), [user, reply])
         changes: dict[str, Any] = {"updated_at": now}
         if not title[0]:
             changes["title"] = title_from(message)
         sql.execute(update(Conversation).where(Conversation.id == conversation.id).values(**changes))
-    turn = Turn(db, conversation.id, reply["id"], beat_s=stale_after / 3)
-    return turn, dataclasses.replace(chat, messages=(*history, *chat.messages))
+    return Turn(conversation.id, reply["id"]), dataclasses.replace(chat, messages=(*history, *chat.messages))
 
 
 def message_row(conversation_id: str, role: str, status: str, now: datetime, **values: Any) -> dict[str, Any]:
@@ -165,6 +119,7 @@ def message_row(conversation_id: str, role: str, status: str, now: datetime, **v
         "status": status,
         "content": "",
         "model": None,
+        "writer": None,  # every row of one insert names the same columns
         "created_at": now,
         "updated_at": now,
         **values,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -18,6 +20,7 @@ from app.validation import ChatRequest
 from .fake_upstream import FakeUpstream, Script
 from .postgres import PostgresServer, PostgresUnavailable
 from .support import SECRET_KEY
+from .support.redis_server import RedisServer, RedisUnavailable
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +90,8 @@ def openai_client(make_openai_app: Callable[..., Flask], api: str) -> FlaskClien
 
 
 class FakeLLM:
-    """A scripted model: yields the given deltas, or raises the given error after some of them."""
+    """A scripted model: yields the given deltas, or raises the given error after some of them;
+    with ``hold`` set, it waits for that event before each delta after the first."""
 
     def __init__(self) -> None:
         self.deltas: list[str] = ["Hi", " there"]
@@ -95,6 +99,7 @@ class FakeLLM:
         self.error: Exception = UpstreamError("The connection to the model broke.", reason="upstream_broken")
         self.calls: list[ChatRequest] = []
         self.closed = 0
+        self.hold: threading.Event | None = None
 
     def stream(self, chat: ChatRequest) -> Generator[Delta]:
         self.calls.append(chat)
@@ -102,12 +107,31 @@ class FakeLLM:
             for index, text in enumerate(self.deltas):
                 if index == self.fail_after:
                     raise self.error
+                if index and self.hold is not None:
+                    assert self.hold.wait(10), "the test never let the model go on"
                 yield text
             if self.fail_after is not None and self.fail_after >= len(self.deltas):
                 raise self.error
             yield Usage(input_tokens=3, output_tokens=len(self.deltas))
         finally:
             self.closed += 1
+
+
+class Held:
+    """A model held after its first delta until ``go`` is set: a reply still being written."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.go = threading.Event()
+
+    def stream(self, chat: ChatRequest) -> Generator[Delta]:
+        for index, delta in enumerate(self.model.stream(chat)):
+            if index == 1:
+                assert self.go.wait(10), "the test never let the model go on"
+            yield delta
+
+    def close(self) -> None:
+        self.model.close()
 
 
 @pytest.fixture
@@ -135,3 +159,26 @@ def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.new_database()
     yield url
     postgres_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis for the whole session, or a skip that says why there is none."""
+    try:
+        server = RedisServer()
+    except RedisUnavailable as error:
+        pytest.skip(str(error))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session's Redis, running and emptied for the test."""
+    import redis
+
+    if redis_server.process is None:
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+    return redis_server.url

@@ -214,7 +214,7 @@ def test_sse_sends_a_token_event_per_delta_then_done(
         {"type": "token", "content": "Hé"},
         {"type": "token", "content": "llo"},
         {"type": "token", "content": " 🤖"},
-        {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 3}},
+        {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 3}, "status": "complete"},
     ]
     tokens = "".join(e["content"] for e in sse_events(response.get_data()) if e["type"] == "token")
     assert tokens == openai_client.post("/api/chat", json=ASK).get_json()["reply"]
@@ -231,7 +231,7 @@ def test_sse_each_event_is_its_own_chunk(client: FlaskClient, fake_llm: FakeLLM)
         b'"conversation_id":null,"message_id":null}\n\n',
         b'data: {"type":"token","content":"Hi"}\n\n',
         b'data: {"type":"token","content":" there"}\n\n',
-        b'data: {"type":"done","usage":{"input_tokens":3,"output_tokens":2}}\n\n',
+        b'data: {"type":"done","usage":{"input_tokens":3,"output_tokens":2},"status":"complete"}\n\n',
     ]
 
 

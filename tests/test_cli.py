@@ -430,3 +430,124 @@ def test_ctrl_c_while_reading_stdin(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr("sys.stdin", Interrupted())
     assert run() == 130
+
+
+# --- A conversation's reply is the server's: resumed where it broke, stopped on Ctrl-C ---------
+
+TURN_METADATA = {**METADATA, "conversation_id": "c1", "message_id": "m1"}
+FOLLOW = f"{CONVERSATIONS}/c1/stream"
+STOP = f"{CONVERSATIONS}/c1/stop"
+
+
+def numbered(*events: tuple[int, dict[str, Any]]) -> bytes:
+    """Events with their ids, as a conversation's reply frames them."""
+    return b"".join(
+        b"id: %d\ndata: %s\n\n" % (number, json.dumps(event, ensure_ascii=False).encode())
+        for number, event in events
+    )
+
+
+def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli.time, "sleep", lambda _s: None)
+
+
+@responses.activate
+def test_a_dropped_connection_is_picked_up_where_it_broke(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_wait(monkeypatch)
+    first = sse(TURN_METADATA) + numbered((1, tokens("Once")[0]), (2, tokens(" upon")[0]))
+    answer_stream(first)  # the connection ends with no done: it broke
+    responses.get(FOLLOW, body=b"placeholder", status=200)  # broken again, before anything came
+    rest = sse(TURN_METADATA) + numbered((3, tokens(" a time")[0]), (4, DONE | {"status": "complete"}))
+    responses.get(FOLLOW, body=rest, content_type="text/event-stream")
+    assert run("--conversation", "c1", "Tell me") == 0
+    assert capsys.readouterr() == ("Once upon a time\n", "")
+    follows = [call.request for call in responses.calls if call.request.method == "GET"]
+    assert [request.headers["Last-Event-ID"] for request in follows] == ["2", "2"]
+
+
+@responses.activate
+def test_a_reply_that_ended_while_disconnected_is_completed_from_the_stored_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_wait(monkeypatch)
+    answer_stream(sse(TURN_METADATA) + numbered((1, tokens("Once")[0])))
+    responses.get(FOLLOW, status=204)
+    stored = {"id": "m1", "role": "assistant", "content": "Once upon a time", "status": "complete"}
+    responses.get(f"{CONVERSATIONS}/c1", json={"id": "c1", "messages": [stored]})
+    assert run("--conversation", "c1", "Tell me") == 0
+    assert capsys.readouterr() == ("Once upon a time\n", "")
+
+
+@responses.activate
+def test_a_connection_that_keeps_breaking_is_given_up_on(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_wait(monkeypatch)
+    answer_stream(sse(TURN_METADATA) + numbered((1, tokens("Once")[0])))
+    responses.get(FOLLOW, body=requests.ConnectionError("down"))
+    assert run("--conversation", "c1", "Tell me") == 1
+    assert capsys.readouterr().err.endswith(
+        "the connection to http://chat.test broke before the reply was complete\n"
+    )
+    assert len([c for c in responses.calls if c.request.method == "GET"]) == cli.RESUME_TRIES
+
+
+@responses.activate
+def test_a_stateless_reply_that_breaks_is_not_resumed(capsys: pytest.CaptureFixture[str]) -> None:
+    answer_stream(sse(METADATA, *tokens("Once")))
+    assert run("Tell me") == 1
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_ctrl_c_in_a_conversation_stops_the_reply_on_the_server(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(self: requests.Response, chunk_size: int | None = None) -> Iterator[bytes]:
+        yield sse(TURN_METADATA) + numbered((1, tokens("Hel")[0]))
+        raise KeyboardInterrupt
+
+    answer_stream(b"placeholder")
+    responses.post(STOP, json={"id": "m1", "status": "stopped", "content": "Hel"})
+    monkeypatch.setattr(requests.Response, "iter_content", interrupted)
+    assert run("--conversation", "c1", "hi") == 130
+    assert capsys.readouterr().out == "Hel"
+    assert [call.request.url for call in responses.calls][-1] == STOP
+
+
+@responses.activate
+def test_a_reply_stopped_elsewhere_ends_with_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    answer_stream(sse(TURN_METADATA) + numbered((1, tokens("Hel")[0]), (2, DONE | {"status": "stopped"})))
+    assert run("--conversation", "c1", "hi") == 1
+    assert capsys.readouterr() == ("Hel\n", f"chat: {cli.STOPPED}\n")
+
+
+@responses.activate
+def test_follow_prints_the_reply_being_written(capsys: pytest.CaptureFixture[str]) -> None:
+    body = sse(TURN_METADATA) + numbered((3, tokens("Once upon")[0]), (4, tokens(" a time")[0]), (5, DONE))
+    responses.get(FOLLOW, body=body, content_type="text/event-stream")
+    assert run("--conversation", "c1", "--follow") == 0
+    assert capsys.readouterr() == ("Once upon a time\n", "")
+    assert "Last-Event-ID" not in responses.calls[0].request.headers
+
+
+@responses.activate
+def test_follow_with_nothing_being_written_exits_at_once(capsys: pytest.CaptureFixture[str]) -> None:
+    responses.get(FOLLOW, status=204)
+    assert run("--conversation", "c1", "--follow") == 0
+    assert capsys.readouterr() == ("", "")
+    assert len(responses.calls) == 1
+
+
+@pytest.mark.parametrize(
+    "argv", [["--follow"], ["--new", "--follow"], ["--conversation", "c1", "--follow", "hi"]]
+)
+def test_follow_takes_a_conversation_and_no_message(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(*argv)
+    assert exited.value.code == 2
+    assert "--follow takes --conversation ID and no message" in capsys.readouterr().err

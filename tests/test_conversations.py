@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -19,9 +20,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app import create_app, turns
 from app.models import Conversation, Message, utcnow
+from app.replies import store, worker
 
 from .conftest import FakeLLM
 from .fake_upstream import FakeUpstream, Script
+from .support import sse, wait_until
 
 SSE = {"Accept": "text/event-stream"}
 FRAMINGS = {
@@ -55,8 +58,7 @@ def reply_of(framing: str, body: bytes) -> str:
     if framing == "json":
         return str(json.loads(body)["reply"])
     if framing == "sse":
-        events = [json.loads(b[6:]) for b in body.decode().split("\n\n") if b.startswith("data: ")]
-        return "".join(e["content"] for e in events if e["type"] == "token")
+        return sse.reply(body)
     return body.decode()
 
 
@@ -364,7 +366,7 @@ def test_a_turn_sends_the_stored_context_and_stores_the_reply(
         assert second.headers["X-Conversation-ID"] == conversation_id
         assert second.headers["X-Message-ID"] == reply["id"]
     if framing == "sse":
-        metadata = json.loads(second.get_data().split(b"\n\n")[0][6:])
+        metadata = sse.events(second.get_data())[0]
         assert metadata == {
             "type": "metadata",
             "request_id": second.headers["X-Request-ID"],
@@ -465,25 +467,49 @@ def test_a_failed_reply_is_stored_as_error_with_its_text(
 
 
 @pytest.mark.parametrize("accept", [{}, SSE])
-def test_a_client_that_leaves_gets_its_reply_stored_as_stopped(
+def test_a_client_that_leaves_gets_its_reply_stored_as_stopped_when_replies_stop_with_it(
     make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str, accept: dict[str, str]
 ) -> None:
-    client = make_openai_app(OPENAI_API=api).test_client()
+    client = make_openai_app(OPENAI_API=api, REPLY_ON_DISCONNECT="stop").test_client()
     conversation_id = new_conversation(client)
     upstream.script = Script(deltas=["One ", "two ", "three"], stall_after=2)
     body = {"conversation_id": conversation_id, "message": "count"}
     response = client.post("/api/chat/stream", json=body, headers=accept, buffered=False)
     chunks = iter(response.response)
-    received = "".join(reply_of("sse" if accept else "text", next(chunks)) for _ in range(3 if accept else 2))
-    assert received == "One two "
+    received = ""
+    while received != "One two ":
+        received += reply_of("sse" if accept else "text", next(chunks))
     response.close()  # the client hung up while the model was silent
     assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=1.0)
+    assert wait_until(lambda: messages(client, conversation_id)[-1]["status"] == "stopped")
     reply = messages(client, conversation_id)[-1]
     assert (reply["content"], reply["status"]) == ("One two ", "stopped")
 
 
+@pytest.mark.parametrize("accept", [{}, SSE])
+def test_a_client_that_leaves_does_not_stop_its_reply(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, api: str, accept: dict[str, str]
+) -> None:
+    client = make_openai_app(OPENAI_API=api).test_client()
+    conversation_id = new_conversation(client)
+    upstream.script = Script(deltas=["One ", "two ", "three ", "four"], delay=0.1)
+    body = {"conversation_id": conversation_id, "message": "count"}
+    response = client.post("/api/chat/stream", json=body, headers=accept, buffered=False)
+    chunks = iter(response.response)
+    received = ""
+    while received != "One ":
+        received += reply_of("sse" if accept else "text", next(chunks))
+    response.close()  # the client hung up: the reply is the server's, and goes on
+    assert messages(client, conversation_id)[-1]["status"] == "streaming"
+    assert wait_until(lambda: messages(client, conversation_id)[-1]["status"] == "complete", timeout=5)
+    assert messages(client, conversation_id)[-1]["content"] == "One two three four"
+    [stream] = upstream.streams
+    assert stream.ended_by == "complete"
+
+
 def test_a_second_turn_while_a_reply_is_written_gets_409(client: FlaskClient, fake_llm: FakeLLM) -> None:
     conversation_id = new_conversation(client)
+    fake_llm.hold = threading.Event()
     first = client.post(
         "/api/chat/stream", json={"conversation_id": conversation_id, "message": "one"}, buffered=False
     )
@@ -495,6 +521,7 @@ def test_a_second_turn_while_a_reply_is_written_gets_409(client: FlaskClient, fa
             "error": "A reply in this conversation is still being written; wait for it to finish."
         }
     assert len(fake_llm.calls) == 1
+    fake_llm.hold.set()
     assert b"".join(first.response) == b"Hi there"
     first.close()
     assert (
@@ -533,24 +560,30 @@ def test_a_reply_whose_worker_died_reads_as_interrupted_and_frees_the_conversati
 
 
 def test_a_long_reply_keeps_beating_and_is_never_taken_for_dead(
-    make_openai_app: Callable[..., Flask], upstream: FakeUpstream
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A reply silent in the database for 0.3 s counts as dead: it checkpoints every 0.05 s.
+    monkeypatch.setattr(worker, "CHECKPOINT_S", 0.05)
+    monkeypatch.setattr(worker, "MIN_STALE_S", 0.3)
     app = make_openai_app(UPSTREAM_TIMEOUT_S="0.3")
     client = app.test_client()
     conversation_id = new_conversation(client)
-    upstream.script = Script(deltas=[f"w{n} " for n in range(10)], delay=0.1)  # a second, three timeouts
+    upstream.script = Script(deltas=[f"w{n} " for n in range(10)], delay=0.1)  # a second: three deaths long
+    started = time.monotonic()
     response = client.post(
         "/api/chat/stream", json={"conversation_id": conversation_id, "message": "go"}, buffered=False
     )
     statuses = []
-    for _chunk in response.response:
+    while time.monotonic() - started < 0.8:  # it cannot end before 0.9 s
         statuses.append(messages(client, conversation_id)[-1]["status"])
         assert (
             client.post("/api/chat", json={"conversation_id": conversation_id, "message": "x"}).status_code
             == 409
         )
+        time.sleep(0.05)
+    assert b"".join(response.response) == b"".join(f"w{n} ".encode() for n in range(10))
     response.close()
-    assert set(statuses) == {"streaming"}
+    assert set(statuses) == {"streaming"} and len(statuses) >= 8
     assert messages(client, conversation_id)[-1]["status"] == "complete"
 
 
@@ -611,7 +644,7 @@ def test_a_reply_is_stored_before_its_last_byte_goes_out(client: FlaskClient, fa
     response.close()
     # Plain text: stored before the body ends (the server then sends the chunked body's end).
     response = client.post("/api/chat/stream", json=turn, buffered=False)
-    assert list(response.response) == [b"Hi", b" there"]
+    assert b"".join(response.response) == b"Hi there"
     assert messages(client, conversation_id)[-1]["status"] == "complete"
     response.close()
 
@@ -624,12 +657,13 @@ def test_a_failure_while_storing_a_reply_is_logged_and_the_reply_still_sent(
     def broken(*_: Any) -> None:
         raise OperationalError("UPDATE messages", {}, Exception("disk I/O error"))
 
-    monkeypatch.setattr(turns.Turn, "record", broken)
+    monkeypatch.setattr(store, "finish", broken)
     response = client.post("/api/chat/stream", json={"conversation_id": conversation_id, "message": "go"})
     assert response.get_data() == b"Hi there"
     [record] = [r for r in caplog.records if r.levelname == "ERROR"]
-    assert record.getMessage() == "could not store how a reply ended"
-    assert record.exc_info is not None
+    reply_id = response.headers["X-Message-ID"]
+    assert record.getMessage() == f"could not store reply {reply_id}: the database failed (OperationalError)"
+    assert "disk I/O error" not in caplog.text  # the driver's text may quote what was stored
 
 
 # --- What a review found -----------------------------------------------------------------------

@@ -276,7 +276,7 @@ def test_a_stream_that_ends_without_usage(
     body = client.post(route, json=ASK, headers=headers, buffered=True).get_data()
     assert reply_text(framing, body) == "Hello, world!"
     if framing == "sse":
-        assert events(body)[-1] == {"type": "done", "usage": None}
+        assert events(body)[-1] == {"type": "done", "usage": None, "status": "complete"}
     if framing == "json":
         assert json.loads(body)["usage"] is None
     [line] = [r.fields for r in caplog.records if r.name == "app.access"]  # type: ignore[attr-defined]

@@ -2,11 +2,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -163,30 +161,6 @@ def test_bad_guard_settings_stop_start_up(name: str, value: str) -> None:
 
 def test_several_limits_are_accepted() -> None:
     assert load_settings({"RATE_LIMIT": "10/second, 1000/day"})["RATE_LIMIT"] == "10/second; 1000/day"
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.skip("redis-server is not installed (make test installs Debian's redis-server as root)")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 def test_two_instances_share_one_limit_through_redis(redis_url: str) -> None:

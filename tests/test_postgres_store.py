@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +15,9 @@ from sqlalchemy import func, select
 from app import create_app
 from app.demo import compose
 from app.models import Conversation, Message
+
+from .conftest import Held
+from .support import sse
 
 BUSY = "A reply in this conversation is still being written; wait for it to finish."
 
@@ -79,7 +81,7 @@ def test_turns_on_both_routes_are_stored_and_build_the_context(app: Flask, clien
     body = {"conversation_id": conversation_id, "message": asks[2]}
     headers = {"Accept": "text/event-stream"}
     with client.post("/api/chat/stream", json=body, headers=headers) as events:
-        frames = [json.loads(f[6:]) for f in events.get_data(as_text=True).split("\n\n") if f]
+        frames = sse.events(events.get_data())
     assert frames[0]["conversation_id"] == conversation_id
     assert "".join(f["content"] for f in frames if f["type"] == "token") == compose(asks[2])
 
@@ -106,11 +108,13 @@ def test_turns_on_both_routes_are_stored_and_build_the_context(app: Flask, clien
 def test_a_turn_while_a_reply_is_written_is_409(app: Flask, client: FlaskClient) -> None:
     conversation_id = new_conversation(client)
     body = {"conversation_id": conversation_id, "message": "Tell me a story about a robot"}
-    with client.post("/api/chat/stream", json=body) as first:  # its body not read yet: still streaming
+    held = app.extensions["llm"] = Held(app.extensions["llm"])
+    with client.post("/api/chat/stream", json=body) as first:  # held after its first word: still written
         assert first.status_code == 200
         for path in ("/api/chat", "/api/chat/stream"):
             busy = client.post(path, json={"conversation_id": conversation_id, "message": "and then?"})
             assert (busy.status_code, busy.json) == (409, {"error": BUSY})
+        held.go.set()
         assert first.get_data(as_text=True) == compose(body["message"])
     messages = stored(client, conversation_id)["messages"]
     assert [(m["role"], m["status"]) for m in messages] == [("user", "complete"), ("assistant", "complete")]

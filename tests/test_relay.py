@@ -100,7 +100,7 @@ def test_the_response_starts_when_the_first_delta_is_late(framing: str) -> None:
         assert chunks[-3:] == [
             b'data: {"type":"reasoning","content":"Hmm."}\n\n',
             b'data: {"type":"token","content":"a"}\n\n',
-            b'data: {"type":"done","usage":{"input_tokens":1,"output_tokens":1}}\n\n',
+            b'data: {"type":"done","usage":{"input_tokens":1,"output_tokens":1},"status":"complete"}\n\n',
         ]
     assert (relay.outcome, relay.chars, relay.reasoning_chars) == ("complete", 1, 4)
     assert relay.ttft_ms is not None  # the answer's first text, not the reasoning

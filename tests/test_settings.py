@@ -184,3 +184,35 @@ def test_exact_origins_and_the_wildcard_are_accepted() -> None:
     value = "https://App.Example.com, http://localhost:3000, http://[::1]:8080, *"
     origins = load_settings({"CORS_ORIGINS": value})["CORS_ORIGINS"]
     assert origins == ("https://app.example.com", "http://localhost:3000", "http://[::1]:8080", "*")
+
+
+def test_replies_settings_default_to_the_spec() -> None:
+    config = load_settings({})
+    assert config["REDIS_URL"] is None
+    assert config["RATE_LIMIT_STORAGE_URI"] == "memory://"
+    assert config["REPLY_ON_DISCONNECT"] == "finish"
+
+
+def test_one_redis_serves_everything_unless_the_limits_are_sent_elsewhere() -> None:
+    shared = load_settings({"REDIS_URL": "redis://cache:6379/0"})
+    assert (shared["REDIS_URL"], shared["RATE_LIMIT_STORAGE_URI"]) == ("redis://cache:6379/0",) * 2
+    apart = load_settings({"REDIS_URL": "rediss://cache:6380/0", "RATE_LIMIT_STORAGE_URI": "memory://"})
+    assert (apart["REDIS_URL"], apart["RATE_LIMIT_STORAGE_URI"]) == ("rediss://cache:6380/0", "memory://")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("REDIS_URL", "cache:6379", "REDIS_URL must be a redis:// or rediss:// URL; got 'cache:6379'."),
+        (
+            "REDIS_URL",
+            "http://user:hunter2@cache",
+            "REDIS_URL must be a redis:// or rediss:// URL; got 'http://user:***@cache'.",
+        ),
+        ("REPLY_ON_DISCONNECT", "linger", "REPLY_ON_DISCONNECT must be one of finish, stop; got 'linger'."),
+    ],
+)
+def test_bad_replies_settings_stop_start_up(name: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: value})
+    assert str(caught.value) == says

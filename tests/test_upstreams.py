@@ -53,7 +53,7 @@ def test_reasoning_goes_only_into_sse_reasoning_events(
             {"type": "reasoning", "content": "Let me think"},
             {"type": "reasoning", "content": " about it."},
             *({"type": "token", "content": text} for text in ["Hello", ",", " world", "!"]),
-            {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 4}},
+            {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 4}, "status": "complete"},
         ]
     elif framing == "json":
         assert response.get_json()["reply"] == "Hello, world!"

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import scenarios
+from . import replies, scenarios
 
 FULL = {
     "latency": 200,
@@ -25,6 +25,7 @@ FULL = {
     "disconnect": 20,
     "turns": {"latency": 200, "concurrent": 200},
     "fairness": {"paced": 200, "bursts": 20},
+    "replies": {"turns": 1000, "writes": 100, "lag": 50},
 }
 QUICK = {
     "latency": 50,
@@ -33,6 +34,7 @@ QUICK = {
     "disconnect": 5,
     "turns": {"latency": 50, "concurrent": 200},
     "fairness": {"paced": 200, "bursts": 20},
+    "replies": {"turns": 200, "writes": 20, "lag": 10},
 }
 
 
@@ -57,6 +59,12 @@ def run(names: list[str], sizes: dict[str, Any]) -> dict[str, Any]:
         if "turns" in names:
             report.setdefault("turns", []).append(scenarios.turn_latency(api, sizes["turns"]["latency"]))
             report["turns"][-1].update(scenarios.turn_concurrency(api, sizes["turns"]["concurrent"]))
+        if "replies" in names:
+            size = sizes["replies"]
+            for redis in (False, True):
+                report.setdefault("replies", []).append(replies.turns(api, size["turns"], redis))
+            report.setdefault("reply_writes", []).append(replies.writes(api, size["writes"]))
+            report.setdefault("reply_lag", []).append(replies.lag(api, size["lag"]))
     return report
 
 
@@ -137,6 +145,38 @@ def show(report: dict[str, Any]) -> None:
             f"added p50 {row['turn_added_ttfb_p50_ms']:.2f} ms | {row['turns']} concurrent turns "
             f"on 2 workers: done {row['all_done_s']:.2f} s, errors {row['errors']}, "
             f"stored complete {row['stored_complete']}, 'database is locked' {row['database_locked']}"
+        )
+    for row in report.get("replies", []):
+        print(
+            f"replies      {row['api']:9} {row['turns']} turns at once on 1 worker, "
+            f"{'Redis' if row['redis'] else 'no Redis':8} | server CPU "
+            f"{row['server_cpu_ms_per_1000_paced_deltas']:.1f} ms per 1000 paced deltas (opens included) vs "
+            f"{row['stateless_cpu_ms_per_1000_paced_deltas']:.1f} stateless: x{row['ratio']:.2f} | "
+            f"all done {row['all_done_s']:.2f} s (stateless {row['stateless_all_done_s']:.2f}), TTFB p50 "
+            f"{row['ttfb_p50_ms'] or 0:.1f} p99 {row['ttfb_p99_ms'] or 0:.1f} ms | errors {row['errors']} "
+            f"(stateless {row['stateless_errors']}), stored complete {row['stored_complete']}"
+        )
+    for row in report.get("reply_writes", []):
+        if "skipped" in row:
+            print(f"reply writes {row['api']:9} skipped: {row['skipped']}")
+            continue
+        print(
+            f"reply writes {row['api']:9} {row['turns']} turns of 3 s at once (Postgres) | "
+            f"{row['checkpoint_writes_per_reply_second']:.2f} checkpoint writes per reply per second "
+            f"({row['row_updates']} rows updated in {row['reply_seconds']:.0f} reply-seconds, ends included) "
+            f"| errors {row['errors']}, stored complete {row['stored_complete']}"
+        )
+    for row in report.get("reply_lag", []):
+        if "skipped" in row:
+            print(f"reply lag    {row['api']:9} skipped: {row['skipped']}")
+            continue
+        print(
+            f"reply lag    {row['api']:9} {row['turns']} turns followed from another host through Redis | "
+            f"lag p50 {row['lag_p50_ms']:.1f} p99 {row['lag_p99_ms']:.1f} max {row['lag_max_ms']:.1f} ms "
+            f"over {row['events']} events | reattach TTFB p50 "
+            f"{row['reattach_ttfb_same_worker_p50_ms']:.2f} ms "
+            f"(same worker), {row['reattach_ttfb_other_host_p50_ms']:.2f} ms "
+            f"(other host; p99 {row['reattach_ttfb_other_host_p99_ms']:.2f})"
         )
     for row in report.get("disconnect", []):
         print(

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from ..support import FakeUpstream, LiveServer, Script, free_port
+from ..support import FakeUpstream, LiveServer, Script, free_port, sse
 
 HERE = Path(__file__).resolve().parent
 WORDS = ["Hello", " from", " a", " paced", " model", "."]
@@ -147,7 +147,7 @@ class Check:
             if framing == "json":
                 text = response.json().get("reply")
             elif framing == "sse":
-                events = [json.loads(b[6:]) for b in response.text.split("\n\n") if b.startswith("data: ")]
+                events = sse.events(response.text)
                 kinds = [e["type"] for e in events]
                 text = "".join(e.get("content", "") for e in events if e["type"] == "token")
                 self.expect(

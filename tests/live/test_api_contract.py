@@ -53,4 +53,6 @@ def test_every_response_matches_the_document(contract_server: LiveServer) -> Non
         "GET /api/conversations/{conversation_id}",
         "PATCH /api/conversations/{conversation_id}",
         "DELETE /api/conversations/{conversation_id}",
+        "GET /api/conversations/{conversation_id}/stream",
+        "POST /api/conversations/{conversation_id}/stop",
     }

@@ -243,7 +243,11 @@ def test_sse_events_arrive_as_the_model_speaks(openai_server: LiveServer, upstre
     events = [json.loads(chunk[6:]) for _, chunk in arrivals]
     assert events[0]["type"] == "metadata" and events[0]["request_id"] == response.headers["X-Request-ID"]
     assert [e["content"] for e in events[1:-1]] == [f"w{i} " for i in range(6)]
-    assert events[-1] == {"type": "done", "usage": {"input_tokens": 9, "output_tokens": 6}}
+    assert events[-1] == {
+        "type": "done",
+        "usage": {"input_tokens": 9, "output_tokens": 6},
+        "status": "complete",
+    }
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals[1:-1])]
     assert all(gap > 0.05 for gap in gaps), gaps
     assert openai_server.wait_for_access_line(request_id)["framing"] == "sse"

@@ -1,0 +1,242 @@
+"""A reply in the database: its checkpoints while it runs, its end, stop requests, and how a worker
+that does not write it reads it back.
+
+A running reply's row holds its text, its reasoning, and the lengths of its events (negative
+for reasoning), so any worker can rebuild its events, numbered as the writer numbered them.
+All of a worker's checkpoints go in one transaction per interval; a row that has ended is
+never written again (every write here asks for ``status = 'streaming'``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..db import reading
+from ..models import Conversation, Message, utcnow
+from ..stream import Reasoning, Usage
+from .log import INTERRUPTED, End, Event
+
+IN_CHUNK = 500  # ids per IN (...) list: far below every database's limit on parameters
+COLUMNS = (
+    Message.id,
+    Message.conversation_id,
+    Message.status,
+    Message.content,
+    Message.reasoning,
+    Message.events,
+    Message.last_event,
+    Message.model,
+    Message.input_tokens,
+    Message.output_tokens,
+    Message.error,
+    Message.writer,
+    Message.updated_at,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A reply's row, as a worker that does not write it sees it."""
+
+    id: str
+    conversation_id: str
+    status: str
+    content: str
+    reasoning: str | None
+    events: str | None
+    last_event: int
+    model: str | None
+    input_tokens: int | None
+    output_tokens: int | None
+    error: str | None
+    writer: str | None
+    updated_at: datetime
+
+    def rebuilt(self, after: int = 0) -> list[Event]:
+        """Its events past the first ``after``, rebuilt from the texts and the stored lengths."""
+        lengths = json.loads(self.events) if self.events else []
+        events: list[Event] = []
+        answer = thought = 0
+        for number, length in enumerate(lengths, 1):
+            if length >= 0:
+                piece: Event = self.content[answer : answer + length]
+                answer += length
+            else:
+                piece = Reasoning((self.reasoning or "")[thought : thought - length])
+                thought -= length
+            if number > after:
+                events.append(piece)
+        return events
+
+    def end(self) -> End | None:
+        """How it ended, as stored; None while it is being written."""
+        if self.status == "streaming":
+            return None
+        usage = None
+        if self.input_tokens is not None and self.output_tokens is not None:
+            usage = Usage(self.input_tokens, self.output_tokens)
+        message = self.error or (INTERRUPTED if self.status == "interrupted" else None)
+        return End(self.status, usage=usage, message=message)
+
+
+def worker_id() -> str:
+    """Which worker writes a reply: its host and process (read when asked: gunicorn forks)."""
+    return f"{socket.gethostname()}/{os.getpid()}"[:100]
+
+
+def writer_is_gone(writer: str | None) -> bool:
+    """Is ``writer`` a worker of this host that no longer runs? (Another host's is not known here.)"""
+    host, _, pid = (writer or "").rpartition("/")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # it runs, as another user
+    return False
+
+
+def is_abandoned(status: str, writer: str | None, updated_at: datetime, stale_after: timedelta) -> bool:
+    """A reply still marked as being written whose worker died: gone from this host, or silent for
+    longer than ``stale_after`` (its checkpoints come every second)."""
+    if status != "streaming":
+        return False
+    return updated_at < utcnow() - stale_after or writer_is_gone(writer)
+
+
+def read(db: sessionmaker[Session], message_id: str) -> Stored | None:
+    """The reply's row, or None when it is gone (its conversation deleted)."""
+    with reading(db) as session:
+        row = session.execute(select(*COLUMNS).where(Message.id == message_id)).first()
+    return None if row is None else Stored(**row._asdict())
+
+
+def latest_reply(db: sessionmaker[Session], conversation_id: str) -> Stored | None:
+    """The conversation's newest assistant message, or None when it has none."""
+    with reading(db) as session:
+        row = session.execute(
+            select(*COLUMNS)
+            .where(Message.conversation_id == conversation_id, Message.role == "assistant")
+            .order_by(Message.seq.desc())
+            .limit(1)
+        ).first()
+    return None if row is None else Stored(**row._asdict())
+
+
+def checkpoint(
+    db: sessionmaker[Session], changed: Sequence[dict[str, object]], beating: Sequence[str]
+) -> None:
+    """Store what the worker's running replies wrote since the last time, and mark the others as
+    still alive: one transaction for all of them."""
+    now = utcnow()
+    with db.begin() as session:
+        sql = session.connection()
+        if changed:
+            sql.execute(
+                update(Message)
+                .where(Message.id == bindparam("b_id"), Message.status == "streaming")
+                .values(
+                    content=bindparam("b_content"),
+                    reasoning=bindparam("b_reasoning"),
+                    events=bindparam("b_events"),
+                    last_event=bindparam("b_last_event"),
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False),
+                [{f"b_{key}": value for key, value in row.items()} for row in changed],
+            )
+        for start in range(0, len(beating), IN_CHUNK):
+            sql.execute(
+                update(Message)
+                .where(Message.id.in_(beating[start : start + IN_CHUNK]), Message.status == "streaming")
+                .values(updated_at=now)
+            )
+
+
+def asked_to_stop(db: sessionmaker[Session], message_ids: Sequence[str]) -> set[str]:
+    """Which of these replies should stop: a stop was asked for, or their row no longer says
+    they are being written (they were stored as ended by someone else, or deleted)."""
+    keep: set[str] = set()
+    with reading(db) as session:
+        for start in range(0, len(message_ids), IN_CHUNK):
+            keep.update(
+                session.scalars(
+                    select(Message.id).where(
+                        Message.id.in_(message_ids[start : start + IN_CHUNK]),
+                        Message.status == "streaming",
+                        Message.stop_requested == False,  # noqa: E712 (SQL, not Python)
+                    )
+                )
+            )
+    return set(message_ids) - keep
+
+
+def finish(db: sessionmaker[Session], conversation_id: str, message_id: str, values: dict[str, Any]) -> bool:
+    """Store how a reply ended; False when it had already ended (or was deleted) meanwhile."""
+    now = utcnow()
+    with db.begin() as session:
+        sql = session.connection()
+        stored = sql.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.status == "streaming")
+            .values(**values, updated_at=now)
+        ).rowcount
+        sql.execute(update(Conversation).where(Conversation.id == conversation_id).values(updated_at=now))
+    return bool(stored)
+
+
+def end_values(end: End, content: str, reasoning: str, events: str, count: int) -> dict[str, Any]:
+    """The columns a reply's end sets."""
+    usage = end.usage
+    return {
+        "status": end.status,
+        "content": content,
+        "reasoning": reasoning or None,
+        "events": events,
+        "last_event": count,
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+        "error": end.message if end.status in ("error", "interrupted") else None,
+    }
+
+
+def request_stop(db: sessionmaker[Session], message_id: str) -> bool:
+    """Ask the worker writing the reply to stop it (it looks every quarter of a second); False if
+    it is no longer being written."""
+    with db.begin() as session:
+        return bool(
+            session.connection()
+            .execute(
+                update(Message)
+                .where(Message.id == message_id, Message.status == "streaming")
+                .values(stop_requested=True)
+            )
+            .rowcount
+        )
+
+
+def end_abandoned(db: sessionmaker[Session], reply: Stored, status: str) -> bool:
+    """Store a reply whose writer is gone (or unresponsive) as ended, with its checkpointed text."""
+    with db.begin() as session:
+        return bool(
+            session.connection()
+            .execute(
+                update(Message)
+                .where(Message.id == reply.id, Message.status == "streaming")
+                .values(
+                    status=status, error=INTERRUPTED if status == "interrupted" else None, updated_at=utcnow()
+                )
+            )
+            .rowcount
+        )
