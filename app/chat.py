@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
 from . import turns
 from .body import read_body
 from .guards import keep_slot, on_close
-from .models import Conversation
 from .relay import Relay
 from .replies.reader import Reader
 from .replies.store import worker_id
-from .validation import ChatRequest, conversation_ref, parse_chat, read_json
+from .validation import conversation_ref, parse_chat, read_json
 
 bp = Blueprint("chat", __name__, url_prefix="/api")
 
@@ -61,13 +61,11 @@ def start_relay(framing: str) -> Relay | Reader:
     config = current_app.config
     body = read_json(read_body(), request.mimetype)
     conversation_id = conversation_ref(body)
-    db = current_app.extensions["db"]
-    conversation = None if conversation_id is None else turns.find(db, conversation_id, g.get("owner"))
-    chat = parse_chat(body, config, conversation)
-    g.model = chat.model
     g.upstream_started = time.perf_counter()
-    if conversation is not None:
-        return start_turn(conversation, chat, framing)
+    if conversation_id is not None:
+        return start_turn(conversation_id, body, framing)
+    chat = parse_chat(body, config)
+    g.model = chat.model
     metadata = {"request_id": g.request_id, "model": chat.model, "conversation_id": None, "message_id": None}
     relay = g.relay = Relay(
         current_app.extensions["llm"].stream(chat),
@@ -85,15 +83,21 @@ def start_relay(framing: str) -> Relay | Reader:
     return relay
 
 
-def start_turn(conversation: Conversation, chat: ChatRequest, framing: str) -> Reader:
+def start_turn(conversation_id: str, body: Any, framing: str) -> Reader:
     """Store the user's message, start the reply as the server's own work, and read it: the
     response is the reply's first reader, and its client leaving changes nothing (unless
     REPLY_ON_DISCONNECT is ``stop``)."""
     config = current_app.config
     replies = current_app.extensions["replies"]
-    db = current_app.extensions["db"]
-    turn, chat = turns.start(db, conversation, chat, replies.stale_after, worker_id())
-    g.turn = turn
+    turn, chat = turns.start(
+        current_app.extensions["db"],
+        conversation_id,
+        g.get("owner"),
+        lambda conversation: parse_chat(body, config, conversation),
+        replies.stale_after,
+        worker_id(),
+    )
+    g.turn, g.model = turn, chat.model
     job = replies.start(
         turn.conversation_id, turn.reply_id, current_app.extensions["llm"].stream(chat), keep_slot()
     )

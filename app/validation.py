@@ -5,13 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import ApiError
 from .models import TITLE_CHARS
-
-if TYPE_CHECKING:
-    from .models import Conversation
 
 ROLES = ("user", "assistant", "system")
 MAX_TURNS = 200
@@ -30,6 +27,16 @@ class ChatRequest:
     max_tokens: int | None = None
 
 
+class Defaults(Protocol):
+    """A stored conversation's defaults for its turns."""
+
+    @property
+    def instructions(self) -> str | None: ...
+
+    @property
+    def model(self) -> str | None: ...
+
+
 def read_json(data: bytes, mimetype: str) -> Any:
     """Decode a request body that must be JSON, or raise a 400 that says why."""
     if mimetype != "application/json" and not mimetype.endswith("+json"):
@@ -41,7 +48,7 @@ def read_json(data: bytes, mimetype: str) -> Any:
         raise ApiError("The request body is not valid JSON.") from None
 
 
-def parse_chat(body: Any, config: Mapping[str, Any], conversation: Conversation | None = None) -> ChatRequest:
+def parse_chat(body: Any, config: Mapping[str, Any], conversation: Defaults | None = None) -> ChatRequest:
     """Check a decoded body against the request rules and build a ChatRequest.
 
     In a stored ``conversation`` the body brings only the new message; the conversation's

@@ -17,30 +17,33 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, false, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import reading
+from ..db import transaction
 from ..models import Conversation, Message, utcnow
 from ..stream import Reasoning, Usage
 from .log import INTERRUPTED, End, Event
 
 IN_CHUNK = 500  # ids per IN (...) list: far below every database's limit on parameters
-COLUMNS = (
-    Message.id,
-    Message.conversation_id,
-    Message.status,
-    Message.content,
-    Message.reasoning,
-    Message.events,
-    Message.last_event,
-    Message.model,
-    Message.input_tokens,
-    Message.output_tokens,
-    Message.error,
-    Message.writer,
-    Message.updated_at,
-)
+COLUMNS = [
+    Message.__table__.c[name]
+    for name in (
+        "id",
+        "conversation_id",
+        "status",
+        "content",
+        "reasoning",
+        "events",
+        "last_event",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "error",
+        "writer",
+        "updated_at",
+    )
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,22 +118,59 @@ def is_abandoned(status: str, writer: str | None, updated_at: datetime, stale_af
     return updated_at < utcnow() - stale_after or writer_is_gone(writer)
 
 
+# Built once: SQLAlchemy's building of a statement (coercions, then a cache key) cost more than
+# running it, at every turn's end and every checkpoint (cProfile under gevent). On the tables, not
+# the ORM classes, so no ORM bulk-update machinery runs either.
+MESSAGES: Table = Message.__table__  # type: ignore[assignment]
+CONVERSATIONS: Table = Conversation.__table__  # type: ignore[assignment]
+RUNNING = MESSAGES.c.status == "streaming"
+READ = select(*COLUMNS).where(MESSAGES.c.id == bindparam("m"))
+LATEST = (
+    select(*COLUMNS)
+    .where(MESSAGES.c.conversation_id == bindparam("c"), MESSAGES.c.role == "assistant")
+    .order_by(MESSAGES.c.seq.desc())
+    .limit(1)
+)
+CHECKPOINTED = ("content", "reasoning", "events", "last_event", "updated_at")
+CHECKPOINT = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("m"), RUNNING)
+    .values({name: bindparam(f"v_{name}") for name in CHECKPOINTED})
+)
+BEAT = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)), RUNNING)
+    .values(updated_at=bindparam("now"))
+)
+STILL_RUNNING = select(MESSAGES.c.id).where(
+    MESSAGES.c.id.in_(bindparam("ids", expanding=True)), RUNNING, MESSAGES.c.stop_requested.is_(false())
+)
+ENDED = ("status", "content", "reasoning", "events", "last_event", "input_tokens", "output_tokens", "error")
+FINISH = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("m"), RUNNING)
+    .values({name: bindparam(f"v_{name}") for name in (*ENDED, "updated_at")})
+)
+TOUCH = update(CONVERSATIONS).where(CONVERSATIONS.c.id == bindparam("c")).values(updated_at=bindparam("now"))
+ASK_TO_STOP = update(MESSAGES).where(MESSAGES.c.id == bindparam("m"), RUNNING).values(stop_requested=True)
+END_ABANDONED = (
+    update(MESSAGES)
+    .where(MESSAGES.c.id == bindparam("m"), RUNNING)
+    .values(status=bindparam("v_status"), error=bindparam("v_error"), updated_at=bindparam("now"))
+)
+
+
 def read(db: sessionmaker[Session], message_id: str) -> Stored | None:
     """The reply's row, or None when it is gone (its conversation deleted)."""
-    with reading(db) as session:
-        row = session.execute(select(*COLUMNS).where(Message.id == message_id)).first()
+    with transaction(db, reads_only=True) as sql:
+        row = sql.execute(READ, {"m": message_id}).first()
     return None if row is None else Stored(**row._asdict())
 
 
 def latest_reply(db: sessionmaker[Session], conversation_id: str) -> Stored | None:
     """The conversation's newest assistant message, or None when it has none."""
-    with reading(db) as session:
-        row = session.execute(
-            select(*COLUMNS)
-            .where(Message.conversation_id == conversation_id, Message.role == "assistant")
-            .order_by(Message.seq.desc())
-            .limit(1)
-        ).first()
+    with transaction(db, reads_only=True) as sql:
+        row = sql.execute(LATEST, {"c": conversation_id}).first()
     return None if row is None else Stored(**row._asdict())
 
 
@@ -140,59 +180,41 @@ def checkpoint(
     """Store what the worker's running replies wrote since the last time, and mark the others as
     still alive: one transaction for all of them."""
     now = utcnow()
-    with db.begin() as session:
-        sql = session.connection()
+    with transaction(db) as sql:
         if changed:
-            sql.execute(
-                update(Message)
-                .where(Message.id == bindparam("b_id"), Message.status == "streaming")
-                .values(
-                    content=bindparam("b_content"),
-                    reasoning=bindparam("b_reasoning"),
-                    events=bindparam("b_events"),
-                    last_event=bindparam("b_last_event"),
-                    updated_at=now,
-                )
-                .execution_options(synchronize_session=False),
-                [{f"b_{key}": value for key, value in row.items()} for row in changed],
-            )
+            rows = [
+                {
+                    "m": row["id"],
+                    **{f"v_{name}": row[name] for name in CHECKPOINTED[:-1]},
+                    "v_updated_at": now,
+                }
+                for row in changed
+            ]
+            sql.execute(CHECKPOINT, rows)
         for start in range(0, len(beating), IN_CHUNK):
-            sql.execute(
-                update(Message)
-                .where(Message.id.in_(beating[start : start + IN_CHUNK]), Message.status == "streaming")
-                .values(updated_at=now)
-            )
+            sql.execute(BEAT, {"ids": list(beating[start : start + IN_CHUNK]), "now": now})
 
 
 def asked_to_stop(db: sessionmaker[Session], message_ids: Sequence[str]) -> set[str]:
     """Which of these replies should stop: a stop was asked for, or their row no longer says
     they are being written (they were stored as ended by someone else, or deleted)."""
     keep: set[str] = set()
-    with reading(db) as session:
+    with transaction(db, reads_only=True) as sql:
         for start in range(0, len(message_ids), IN_CHUNK):
             keep.update(
-                session.scalars(
-                    select(Message.id).where(
-                        Message.id.in_(message_ids[start : start + IN_CHUNK]),
-                        Message.status == "streaming",
-                        Message.stop_requested == False,  # noqa: E712 (SQL, not Python)
-                    )
-                )
+                sql.execute(STILL_RUNNING, {"ids": list(message_ids[start : start + IN_CHUNK])}).scalars()
             )
     return set(message_ids) - keep
 
 
 def finish(db: sessionmaker[Session], conversation_id: str, message_id: str, values: dict[str, Any]) -> bool:
-    """Store how a reply ended; False when it had already ended (or was deleted) meanwhile."""
+    """Store how a reply ended (``values``: see ``end_values``); False when it had already ended
+    (or was deleted) meanwhile."""
     now = utcnow()
-    with db.begin() as session:
-        sql = session.connection()
-        stored = sql.execute(
-            update(Message)
-            .where(Message.id == message_id, Message.status == "streaming")
-            .values(**values, updated_at=now)
-        ).rowcount
-        sql.execute(update(Conversation).where(Conversation.id == conversation_id).values(updated_at=now))
+    with transaction(db) as sql:
+        params = {"m": message_id, **{f"v_{name}": values[name] for name in ENDED}, "v_updated_at": now}
+        stored = sql.execute(FINISH, params).rowcount
+        sql.execute(TOUCH, {"c": conversation_id, "now": now})
     return bool(stored)
 
 
@@ -214,29 +236,13 @@ def end_values(end: End, content: str, reasoning: str, events: str, count: int) 
 def request_stop(db: sessionmaker[Session], message_id: str) -> bool:
     """Ask the worker writing the reply to stop it (it looks every quarter of a second); False if
     it is no longer being written."""
-    with db.begin() as session:
-        return bool(
-            session.connection()
-            .execute(
-                update(Message)
-                .where(Message.id == message_id, Message.status == "streaming")
-                .values(stop_requested=True)
-            )
-            .rowcount
-        )
+    with transaction(db) as sql:
+        return bool(sql.execute(ASK_TO_STOP, {"m": message_id}).rowcount)
 
 
 def end_abandoned(db: sessionmaker[Session], reply: Stored, status: str) -> bool:
     """Store a reply whose writer is gone (or unresponsive) as ended, with its checkpointed text."""
-    with db.begin() as session:
-        return bool(
-            session.connection()
-            .execute(
-                update(Message)
-                .where(Message.id == reply.id, Message.status == "streaming")
-                .values(
-                    status=status, error=INTERRUPTED if status == "interrupted" else None, updated_at=utcnow()
-                )
-            )
-            .rowcount
-        )
+    error = INTERRUPTED if status == "interrupted" else None
+    params = {"m": reply.id, "v_status": status, "v_error": error, "now": utcnow()}
+    with transaction(db) as sql:
+        return bool(sql.execute(END_ABANDONED, params).rowcount)

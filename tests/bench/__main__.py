@@ -152,9 +152,14 @@ def show(report: dict[str, Any]) -> None:
             f"{'Redis' if row['redis'] else 'no Redis':8} | server CPU "
             f"{row['server_cpu_ms_per_1000_paced_deltas']:.1f} ms per 1000 paced deltas (opens included) vs "
             f"{row['stateless_cpu_ms_per_1000_paced_deltas']:.1f} stateless: x{row['ratio']:.2f} | "
-            f"all done {row['all_done_s']:.2f} s (stateless {row['stateless_all_done_s']:.2f}), TTFB p50 "
-            f"{row['ttfb_p50_ms'] or 0:.1f} p99 {row['ttfb_p99_ms'] or 0:.1f} ms | errors {row['errors']} "
-            f"(stateless {row['stateless_errors']}), stored complete {row['stored_complete']}"
+            f"per open {row['turn_open_ms']:.2f} vs {row['stateless_open_ms']:.2f} ms; beyond the open "
+            f"{row['turns_cpu_ms_per_1000_deltas_beyond_the_open']:.1f} vs "
+            f"{row['stateless_cpu_ms_per_1000_deltas_beyond_the_open']:.1f} ms per 1000 deltas: "
+            f"x{row['delta_ratio']:.2f} | all done {row['all_done_s']:.2f} s "
+            f"(stateless {row['stateless_all_done_s']:.2f}), TTFB p50 {row['ttfb_p50_ms'] or 0:.1f} "
+            f"p99 {row['ttfb_p99_ms'] or 0:.1f} ms | errors {row['errors']} (stateless "
+            f"{row['stateless_errors']}, opens {row['open_errors']}), "
+            f"stored complete {row['stored_complete']}"
         )
     for row in report.get("reply_writes", []):
         if "skipped" in row:
@@ -163,7 +168,8 @@ def show(report: dict[str, Any]) -> None:
         print(
             f"reply writes {row['api']:9} {row['turns']} turns of 3 s at once (Postgres) | "
             f"{row['checkpoint_writes_per_reply_second']:.2f} checkpoint writes per reply per second "
-            f"({row['row_updates']} rows updated in {row['reply_seconds']:.0f} reply-seconds, ends included) "
+            f"({row['row_updates']} updates of replies in {row['reply_seconds']:.0f} reply-seconds, "
+            f"ends included) "
             f"| errors {row['errors']}, stored complete {row['stored_complete']}"
         )
     for row in report.get("reply_lag", []):

@@ -49,8 +49,34 @@ def stored_statuses(service: Service, conversations: list[str]) -> list[tuple[st
 
 def turns(api: str, count: int, redis: bool) -> dict[str, Any]:
     """``count`` conversation turns at once on one worker (50 deltas 20 ms apart each), right after the
-    same number of stateless streams on the same service: worker CPU per 1,000 paced deltas of each."""
-    upstream = Upstream(deltas=50, delay=0.02)
+    same number of stateless streams on the same service: worker CPU per 1,000 paced deltas of each,
+    opens included. Then the same with one delta each, for what an open costs, and so what a delta
+    costs beyond it."""
+    paced = cpu_of_turns(api, count, redis, deltas=50)
+    opens = cpu_of_turns(api, count, redis, deltas=1)
+    figures = paced | {
+        "server_cpu_ms_per_1000_paced_deltas": paced["turns_ms"] / (count * 50) * 1000,
+        "stateless_cpu_ms_per_1000_paced_deltas": paced["stateless_ms"] / (count * 50) * 1000,
+        "ratio": paced["turns_ms"] / paced["stateless_ms"],
+        "turn_open_ms": opens["turns_ms"] / count,
+        "stateless_open_ms": opens["stateless_ms"] / count,
+        "open_errors": opens["errors"] + opens["stateless_errors"],
+    }
+    # What 49 more deltas cost a reply, per 1,000 deltas: the open taken out.
+    for name in ("turns", "stateless"):
+        figures[f"{name}_cpu_ms_per_1000_deltas_beyond_the_open"] = (
+            (paced[f"{name}_ms"] - opens[f"{name}_ms"]) / (count * 49) * 1000
+        )
+    figures["delta_ratio"] = (
+        figures["turns_cpu_ms_per_1000_deltas_beyond_the_open"]
+        / figures["stateless_cpu_ms_per_1000_deltas_beyond_the_open"]
+    )
+    return figures
+
+
+def cpu_of_turns(api: str, count: int, redis: bool, deltas: int) -> dict[str, Any]:
+    """Worker CPU for ``count`` stateless streams at once, then ``count`` conversation turns."""
+    upstream = Upstream(deltas=deltas, delay=0.02)
     with redis_if(redis) as redis_server:
         extra = {"REDIS_URL": redis_server.url} if redis_server else {}
         service = Service(upstream, api, **extra)
@@ -68,15 +94,15 @@ def turns(api: str, count: int, redis: bool) -> dict[str, Any]:
             cpu_before = service.cpu_ns()
             stateless, stateless_s = asyncio.run(run([service.request] * count))
             stateless_ms = (service.cpu_ns() - cpu_before) / 1e6
+            time.sleep(1.5)  # nothing of the stateless streams left to do
             cpu_before = service.cpu_ns()
             results, elapsed = asyncio.run(run(asks[:count]))
-            turns_ms = (service.cpu_ns() - cpu_before) / 1e6
             time.sleep(1.5)  # the last replies' checkpoints and ends are stored
+            turns_ms = (service.cpu_ns() - cpu_before) / 1e6
             stored = stored_statuses(service, conversations[:count])
         finally:
             service.stop()
             upstream.stop()
-    deltas = count * upstream.deltas
     ok = [r for r in results if not r.error and r.status == 200]
     expected = upstream.expected.decode()
     return {
@@ -90,9 +116,8 @@ def turns(api: str, count: int, redis: bool) -> dict[str, Any]:
         "stateless_all_done_s": stateless_s,
         "ttfb_p50_ms": p([r.ttfb for r in ok], 0.5) if ok else None,
         "ttfb_p99_ms": p([r.ttfb for r in ok], 0.99) if ok else None,
-        "server_cpu_ms_per_1000_paced_deltas": turns_ms / deltas * 1000,
-        "stateless_cpu_ms_per_1000_paced_deltas": stateless_ms / deltas * 1000,
-        "ratio": turns_ms / stateless_ms,
+        "turns_ms": turns_ms,
+        "stateless_ms": stateless_ms,
     }
 
 
@@ -128,8 +153,8 @@ def writes(api: str, count: int) -> dict[str, Any]:
         upstream.stop()
         postgres.stop()
     seconds = [r.total for r in results if not r.error]
-    # Each turn also writes its reply's row once at its end (and its conversation's once).
-    checkpoints = updates - 2 * count
+    # Besides its checkpoints, each turn writes its reply's row once more, at its end.
+    checkpoints = updates - count
     return {
         "api": api,
         "turns": count,
@@ -143,7 +168,7 @@ def writes(api: str, count: int) -> dict[str, Any]:
 
 
 def updated_rows(postgres: PostgresServer, database: str) -> int:
-    """Rows of messages and conversations updated so far (Postgres counts them per table)."""
+    """Rows of messages updated so far (Postgres counts them per table)."""
     import psycopg
 
     with psycopg.connect(
@@ -152,16 +177,17 @@ def updated_rows(postgres: PostgresServer, database: str) -> int:
         connection.execute("SELECT pg_stat_force_next_flush()")
         time.sleep(0.6)  # the statistics collector's delay
         row = connection.execute(
-            "SELECT sum(n_tup_upd) FROM pg_stat_user_tables WHERE relname IN ('messages', 'conversations')"
+            "SELECT sum(n_tup_upd) FROM pg_stat_user_tables WHERE relname = 'messages'"
         ).fetchone()
     return int(row[0] or 0) if row else 0
 
 
 def lag(api: str, count: int) -> dict[str, Any]:
     """Two hosts (gunicorn masters) sharing a database and Redis: ``count`` turns of 50 deltas 20 ms
-    apart on the first, each followed from the second. For each event, the time from the turn's own
-    reader on the writing host getting it to the follower on the other host getting it; and the
-    time from a reattachment's GET to its first byte, on the writing host and on the other."""
+    apart on the first, each followed from the second. For each event the follower got live, the
+    time from the turn's own reader on the writing host getting it to the follower getting it. Then,
+    with one long turn running, the time from a reattachment's GET to its first byte, 50 times on
+    the writing host and 50 on the other."""
     try:
         redis_server = RedisServer()
     except RedisUnavailable as error:
@@ -172,30 +198,35 @@ def lag(api: str, count: int) -> dict[str, Any]:
     writer = Service(upstream, api, **shared)
     other = Service(upstream, api, **shared)
     try:
-        conversations = [new_conversation(writer) for _ in range(count)]
+        conversations = [new_conversation(writer) for _ in range(count + 1)]
 
-        async def run() -> tuple[list[float], list[float], list[float]]:
-            lags: list[float] = []
-            local: list[float] = []
-            remote: list[float] = []
+        async def follow_each(conversation_id: str) -> list[float]:
+            own = asyncio.ensure_future(timed_events(writer.port, turn_request(conversation_id)))
+            await asyncio.sleep(0.15)  # a few events in
+            first_at, followed = await timed_events(other.port, follow_request(conversation_id))
+            _, mine = await own
+            came = {number: at for number, at in mine}
+            # Live: events the writing host got after the follower's first byte (those before came
+            # to it as a catch-up, not live).
+            return [at - came[n] for n, at in followed if n in came and came[n] > first_at]
 
-            async def one(conversation_id: str) -> None:
-                own = asyncio.ensure_future(timed_events(writer.port, turn_request(conversation_id)))
-                await asyncio.sleep(0.15)  # a few events in
-                started = time.perf_counter()
-                here = await first_byte(writer.port, follow_request(conversation_id))
-                local.append(here - started)
-                started = time.perf_counter()
-                first_at, followed = await timed_events(other.port, follow_request(conversation_id))
-                remote.append(first_at - started)
-                _, mine = await own
-                came = {number: at for number, at in mine}
-                lags.extend(at - came[number] for number, at in followed[1:] if number in came)
+        async def lags() -> list[float]:
+            found = await asyncio.gather(*(follow_each(c) for c in conversations[:count]))
+            return [lag for each in found for lag in each]
 
-            await asyncio.gather(*(one(c) for c in conversations))
-            return lags, local, remote
+        async def reattach(conversation_id: str) -> tuple[list[float], list[float]]:
+            own = asyncio.ensure_future(timed_events(writer.port, turn_request(conversation_id)))
+            await asyncio.sleep(0.15)
+            local, remote = [], []
+            for _ in range(50):
+                for port, times in ((writer.port, local), (other.port, remote)):
+                    started = time.perf_counter()
+                    times.append(await first_byte(port, follow_request(conversation_id)) - started)
+            await own
+            return local, remote
 
-        lags, local, remote = asyncio.run(run())
+        live = asyncio.run(lags())
+        local, remote = asyncio.run(reattach(conversations[count]))
     finally:
         writer.stop()
         other.stop()
@@ -205,10 +236,10 @@ def lag(api: str, count: int) -> dict[str, Any]:
     return {
         "api": api,
         "turns": count,
-        "events": len(lags),
-        "lag_p50_ms": p(lags, 0.5),
-        "lag_p99_ms": p(lags, 0.99),
-        "lag_max_ms": max(lags) * 1000,
+        "events": len(live),
+        "lag_p50_ms": p(live, 0.5),
+        "lag_p99_ms": p(live, 0.99),
+        "lag_max_ms": max(live) * 1000,
         "reattach_ttfb_same_worker_p50_ms": statistics.median(local) * 1000,
         "reattach_ttfb_other_host_p50_ms": statistics.median(remote) * 1000,
         "reattach_ttfb_other_host_p99_ms": p(remote, 0.99),
