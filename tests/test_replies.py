@@ -205,15 +205,16 @@ def test_a_delta_is_kept_valid_on_its_own(pieces: list[str], kept: list[str]) ->
     assert (out, carry) == (kept, "")
 
 
-def test_a_checkpoint_row_rebuilds_the_writers_events() -> None:
-    row = Stored(
+def checkpointed(content: str, reasoning: str | None, events: str, count: int) -> Stored:
+    """A reply's row as a checkpoint leaves it while the reply runs."""
+    return Stored(
         id="m",
         conversation_id="c",
         status="streaming",
-        content="Hello world",
-        reasoning="thinking",
-        events="[-5,5,-3,6]",
-        last_event=4,
+        content=content,
+        reasoning=reasoning,
+        events=events,
+        last_event=count,
         model=None,
         input_tokens=None,
         output_tokens=None,
@@ -221,6 +222,10 @@ def test_a_checkpoint_row_rebuilds_the_writers_events() -> None:
         writer=None,
         updated_at=utcnow(),
     )
+
+
+def test_a_checkpoint_row_rebuilds_the_writers_events() -> None:
+    row = checkpointed("Hello world", "thinking", "[-5,5,-3,6]", 4)
     assert row.rebuilt() == [Reasoning("think"), "Hello", Reasoning("ing"), " world"]
     assert row.rebuilt(after=2) == [Reasoning("ing"), " world"]
     assert [type(e) for e in row.rebuilt()] == [Reasoning, str, Reasoning, str]
@@ -865,22 +870,7 @@ def test_a_reply_whose_writer_fell_silent_is_interrupted_for_a_reader_elsewhere(
 
 
 def test_a_feed_takes_entries_in_order_and_asks_for_the_database_on_a_gap() -> None:
-    row = Stored(
-        id="m",
-        conversation_id="c",
-        status="streaming",
-        content="ab",
-        reasoning=None,
-        events="[1,1]",
-        last_event=2,
-        model=None,
-        input_tokens=None,
-        output_tokens=None,
-        error=None,
-        writer=None,
-        updated_at=utcnow(),
-    )
-    feed = Feed(row)
+    feed = Feed(checkpointed("ab", None, "[1,1]", 2))
     assert feed.take(3, ["b", "c"], None)  # overlaps what it has: only the new one is added
     assert feed.log.events == ["a", "b", "c"]
     assert not feed.take(6, ["e", "f"], None)  # event 4 is missing
