@@ -48,17 +48,34 @@ def post_worker_init(worker):
     collect_less()
 
 
+def worker_int(worker):
+    """SIGINT or SIGQUIT: a quick stop, so the replies being written get no time (worker_exit)."""
+    worker.quitting = True
+
+
 def worker_exit(server, worker):
     """Before the worker goes: the replies it still writes get what is left of the graceful
     timeout, then are stored ``interrupted`` with their text (see finish_replies_on_exit)."""
+    import time
+
     replies = worker_replies(worker)
     if replies is None:
         return
     finishing = getattr(worker, "finishing_replies", None)
-    if finishing is None:  # leaving without SIGTERM (say, a changed parent): no time to give
-        replies.shutdown(0.0)
-    else:
+    if finishing is not None:
         finishing.join()
+    elif getattr(worker, "quitting", False):
+        replies.shutdown(0.0, 0.0)
+    else:  # leaving on its own (max_requests, a changed parent): no master waits to kill it
+        start, stop, until = shutdown_times(worker.cfg.graceful_timeout)
+        replies.shutdown(time.monotonic() + stop - start, time.monotonic() + until - start)
+
+
+def shutdown_times(graceful):
+    """From a stop's start (0): when replies still running are interrupted, and by when they must
+    be stored: both well before the master kills the worker at ``graceful`` seconds."""
+    margin = min(2.0, graceful / 3)
+    return 0.0, graceful - margin, graceful - margin / 4
 
 
 def worker_replies(worker):
@@ -73,7 +90,7 @@ def finish_replies_on_exit(worker):
     still writes replies: gunicorn would let it exit at once. From SIGTERM the replies get
     the graceful timeout, less a margin (the master kills the worker when it ends); those
     still running then are stored ``interrupted`` with their text, and their readers get
-    the end. ``worker_exit`` waits for that before the worker goes.
+    the end, before the master's kill. ``worker_exit`` waits for that before the worker goes.
     """
     import signal
     import time
@@ -88,9 +105,9 @@ def finish_replies_on_exit(worker):
     def handle_term(signum, frame):
         previous(signum, frame)
         if getattr(worker, "finishing_replies", None) is None:
-            graceful = worker.cfg.graceful_timeout
-            deadline = time.monotonic() + max(0.0, graceful - min(1.0, graceful / 4))
-            worker.finishing_replies = gevent.spawn(replies.shutdown, deadline)
+            now = time.monotonic()
+            _, stop, until = shutdown_times(worker.cfg.graceful_timeout)
+            worker.finishing_replies = gevent.spawn(replies.shutdown, now + stop, now + until)
 
     signal.signal(signal.SIGTERM, handle_term)
 

@@ -113,13 +113,19 @@ def chat(args: argparse.Namespace, url: str) -> int:
         if args.conversation is not None:
             body["conversation_id"] = args.conversation
     if args.no_stream:
-        return ask(f"{url}/api/chat", body, headers, args.timeout)
+        return ask(url, body, headers, args.timeout)
     return stream(url, body, headers, args.timeout)
 
 
 def ask(url: str, body: dict[str, Any], headers: dict[str, str], timeout: float) -> int:
     """POST to /api/chat and print the whole reply."""
-    response = requests.post(url, json=body, headers=headers, timeout=(10, timeout))
+    try:
+        response = requests.post(f"{url}/api/chat", json=body, headers=headers, timeout=(10, timeout))
+    except KeyboardInterrupt:
+        conversation = body.get("conversation_id")
+        if conversation is not None:  # its reply is the server's: it would go on without us
+            stop(url, conversation, headers)
+        raise
     if not response.ok:
         return fail(response)
     print(printable(field(response.json(), "reply")))
@@ -177,13 +183,17 @@ def resume(
     the connection keeps breaking); None when it ended well, else the sentence to print."""
     address = f"{url}/api/conversations/{conversation}/stream"
     for attempt in range(RESUME_TRIES):
+        # Event ids count within one reply: the one being read is named, so a newer one is not taken for it.
+        query = {} if progress.message_id is None else {"reply": progress.message_id}
         if attempt:
             time.sleep(min(0.25 * 2**attempt, 4.0))
         asked = dict(headers)
         if progress.last_id is not None:
             asked["Last-Event-ID"] = progress.last_id
         try:
-            with requests.get(address, headers=asked, stream=True, timeout=(10, timeout)) as response:
+            with requests.get(
+                address, params=query, headers=asked, stream=True, timeout=(10, timeout)
+            ) as response:
                 if response.status_code == 204:
                     return stored_end(url, conversation, headers, timeout, progress)
                 if not response.ok:
@@ -253,7 +263,7 @@ def relay(chunks: Iterable[bytes], out: TextIO, progress: Progress | None = None
             return field(event, "message")
         elif kind == "done":
             return STOPPED if event.get("status") == "stopped" else None
-        elif kind == "metadata" and isinstance(event.get("message_id"), str):
+        elif kind == "metadata" and isinstance(event.get("message_id"), str) and progress.message_id is None:
             progress.message_id = event["message_id"]
         # reasoning and any later kind of event are not part of the reply
         progress.last_id = seen.get("id", progress.last_id)

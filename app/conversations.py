@@ -4,8 +4,6 @@ follow the reply being written in one, and stop it, from any worker or host."""
 from __future__ import annotations
 
 import re
-import threading
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,6 +18,7 @@ from .errors import ApiError
 from .guards import on_close
 from .models import Conversation, Message, utcnow
 from .replies import store
+from .replies.log import INTERRUPTED
 from .replies.reader import Reader
 from .replies.worker import Replies
 from .validation import parse_conversation, read_json
@@ -33,8 +32,6 @@ EPOCH = datetime(1970, 1, 1)
 LAST_MICROS = (datetime.max - EPOCH) // timedelta(microseconds=1)
 EVENT_ID = re.compile(r"[0-9]{1,18}")
 RESUMABLE_FOR = timedelta(seconds=60)  # an ended reply's events can be resumed this long after its end
-STOP_WAIT_S = 3.0  # how long a stop waits for the worker writing the reply to store it
-STOP_POLL_S = 0.05
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -94,7 +91,9 @@ def follow(conversation_id: str) -> Response:
     conversation = find(conversation_id)
     after = event_cursor()
     reply = store.latest_reply(db(), conversation.id)
-    if reply is None or not resumable(reply, after):
+    # A client resuming names the reply its event ids belong to: a newer one is not it.
+    named = request.args.get("reply")
+    if reply is None or (named is not None and named != reply.id) or not resumable(reply, after):
         return Response(status=204)
     log, detach = replies().attach(reply)
     sse = "text/event-stream" in request.headers.get("Accept", "")
@@ -126,19 +125,7 @@ def stop(conversation_id: str) -> Response | dict[str, Any]:
     reply = store.latest_reply(db(), conversation.id)
     if reply is None or reply.status != "streaming" or replies().abandoned(reply):
         return Response(status=204)  # nothing is being written: stopping twice is harmless
-    job = replies().stop(reply.id)
-    if job is not None:
-        job.log.wait_end(threading.Event(), STOP_WAIT_S)  # stored before its end is told
-    elif replies().request_stop(reply.id):
-        deadline = time.monotonic() + STOP_WAIT_S
-        while time.monotonic() < deadline:
-            current = store.read(db(), reply.id)
-            if current is None or current.status != "streaming":
-                break
-            time.sleep(STOP_POLL_S)
-        else:
-            # Its worker did not act on the stop: it is no longer writing it, whatever it does.
-            store.end_abandoned(db(), reply, "stopped")
+    replies().stop_anywhere(reply)
     with reading(db()) as session:
         message = session.scalars(select(Message).where(Message.id == reply.id)).first()
     if message is None:
@@ -289,5 +276,7 @@ def message_json(message: Message, stale: bool) -> dict[str, Any]:
         "status": "interrupted" if stale else message.status,
         "model": message.model,
         "usage": usage,
+        "error": message.error or (INTERRUPTED if stale else None),
+        "reasoning": message.reasoning,
         "created_at": timestamp(message.created_at),
     }

@@ -361,6 +361,13 @@ def reply_paths(
                         "description": "The id of the last event the client has (Last-Event-ID wins)",
                     },
                     {
+                        "name": "reply",
+                        "in": "query",
+                        "schema": {"type": "string"},
+                        "description": "The reply the event ids belong to (its message id): when the "
+                        "conversation's newest reply is another, 204",
+                    },
+                    {
                         "name": "Last-Event-ID",
                         "in": "header",
                         "schema": {"type": "string", "pattern": "^[0-9]{1,18}$"},
@@ -435,6 +442,8 @@ def conversation_schemas(config: Mapping[str, Any]) -> dict[str, Any]:
             "status": {"enum": ["complete", "streaming", "stopped", "error", "interrupted"]},
             "model": nullable_text,
             "usage": USAGE,
+            "error": {**nullable_text, "description": "Why a failed or interrupted reply ended"},
+            "reasoning": {**nullable_text, "description": "The model's reasoning, where it streamed one"},
             "created_at": {"type": "string", "format": "date-time"},
         },
     }

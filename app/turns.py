@@ -66,11 +66,6 @@ INTERRUPT = (
     .where(Message.conversation_id == bindparam("c"), Message.status == "streaming")
     .values(status="interrupted")
 )
-FORGET_EVENTS = (
-    update(Message)
-    .where(Message.conversation_id == bindparam("c"), Message.events.is_not(None))
-    .values(events=None)
-)
 # The newest turns with text (the model's context) and any reply still marked as being written,
 # which is always among the newest: the next turn's start ends it.
 HISTORY = (
@@ -123,8 +118,6 @@ def start(
             raise Busy("A reply in this conversation is still being written; wait for it to finish.")
         if running:  # their workers died
             sql.execute(INTERRUPT, key)
-        # Only the newest reply can be resumed from an event id: the older ones' events go.
-        sql.execute(FORGET_EVENTS, key)
         history = [{"role": row.role, "content": row.content} for row in reversed(rows) if row.content]
         history = history[-MAX_TURNS:]
         message = chat.messages[-1]["content"]

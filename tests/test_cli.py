@@ -551,3 +551,39 @@ def test_follow_takes_a_conversation_and_no_message(
         run(*argv)
     assert exited.value.code == 2
     assert "--follow takes --conversation ID and no message" in capsys.readouterr().err
+
+
+@responses.activate
+def test_ctrl_c_while_waiting_for_a_whole_reply_in_a_conversation_stops_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    responses.post(STOP, json={"id": "m1", "status": "stopped", "content": ""})
+    post = requests.post
+    asked: list[str] = []
+
+    def interrupted(url: str, **options: Any) -> requests.Response:
+        asked.append(url)
+        if url == WHOLE:
+            raise KeyboardInterrupt  # Ctrl-C while the server writes the reply
+        return post(url, **options)
+
+    monkeypatch.setattr(cli.requests, "post", interrupted)
+    assert run("--conversation", "c1", "--no-stream", "hi") == 130
+    assert asked == [WHOLE, STOP]
+
+
+@responses.activate
+def test_a_resumed_reply_is_named_so_a_newer_one_is_not_taken_for_it(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    no_wait(monkeypatch)
+    answer_stream(sse(TURN_METADATA) + numbered((1, tokens("Once")[0])))
+    responses.get(FOLLOW, status=204)
+    stored = {"id": "m1", "role": "assistant", "content": "Once more", "status": "complete"}
+    responses.get(f"{CONVERSATIONS}/c1", json={"id": "c1", "messages": [stored]})
+    assert run("--conversation", "c1", "Tell me") == 0
+    [follow_call] = [
+        call for call in responses.calls if call.request.method == "GET" and "/stream" in call.request.url
+    ]
+    assert follow_call.request.url == f"{FOLLOW}?reply=m1"
+    assert capsys.readouterr().out == "Once more\n"

@@ -5,6 +5,7 @@ without a real Redis between them."""
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -21,7 +22,7 @@ from sqlalchemy import event, update
 from app import create_app
 from app.errors import ClientGone, UpstreamError
 from app.models import Message, utcnow
-from app.replies import streams, worker
+from app.replies import store, streams, worker
 from app.replies.feed import Feed
 from app.replies.log import INTERRUPTED, End, ReplyLog, clean, joined
 from app.replies.reader import Reader
@@ -580,7 +581,7 @@ def test_a_stop_its_writer_never_acts_on_is_stored_by_the_worker_asked(
 ) -> None:
     writing, model, other = two
     monkeypatch.setattr(worker, "STOP_CHECK_S", 60.0)  # the writer is too busy to look
-    monkeypatch.setattr("app.conversations.STOP_WAIT_S", 0.3)
+    monkeypatch.setattr(worker, "STOP_WAIT_S", 0.3)
     conversation_id = new_conversation(writing)
     model.say("One ")
     own = Events(start_turn(writing, conversation_id))
@@ -828,7 +829,7 @@ def test_a_worker_shutting_down_stores_its_running_replies_as_interrupted(
     own.take(3)
     replies = client.application.extensions["replies"]
     began = time.monotonic()
-    replies.shutdown(time.monotonic() + 0.2)  # the graceful time passes with the reply still running
+    replies.shutdown(time.monotonic() + 0.2, time.monotonic() + 2)  # the graceful time passes
     assert 0.2 <= time.monotonic() - began < 2
     assert own.rest() == [(3, {"type": "error", "message": INTERRUPTED, "status": "interrupted"})]
     stored = last_message(client, conversation_id)
@@ -887,3 +888,82 @@ def test_a_redis_that_cannot_be_reached_is_left_alone_and_said_once(caplog: pyte
         assert not nobody.request_stop("m1")  # not even tried within the wait
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["Redis is unreachable"]
     nobody.close()
+
+
+def test_a_writer_is_judged_gone_only_in_its_own_host_and_pid_namespace() -> None:
+    here = store.worker_id()
+    host, namespace, pid = here.split("/")
+    assert pid == str(os.getpid()) and not store.writer_is_gone(here)
+    assert store.writer_is_gone(f"{host}/{namespace}/{2**22 + 7}")  # no such process here
+    # Another container may share the host name, but not the pid namespace: nothing is known of it.
+    assert not store.writer_is_gone(f"{host}/{int(namespace) + 1}/{2**22 + 7}")
+    assert not store.writer_is_gone(f"elsewhere/{namespace}/{2**22 + 7}")
+    assert not store.writer_is_gone(None) and not store.writer_is_gone("old-style/123")
+
+
+def test_a_client_resuming_an_older_reply_is_not_given_a_newer_one(one: tuple[FlaskClient, Paced]) -> None:
+    client, model = one
+    conversation_id = new_conversation(client)
+    model.say("first")
+    model.end()
+    first = Events(start_turn(client, conversation_id)).rest()
+    first_id = first[0][1]["message_id"]
+    model.say("second")
+    own = Events(start_turn(client, conversation_id))
+    own.take(2)
+    # Its ids count within its own reply: event 1 of the first reply is not event 1 of this one.
+    stale = follow(client, conversation_id, {**SSE, "Last-Event-ID": "1"}, f"?reply={first_id}")
+    assert stale.status_code == 204
+    current = Events(follow(client, conversation_id, SSE, f"?reply={own.response.headers['X-Message-ID']}"))
+    assert tokens(current.take(2)[1:]) == [(1, "second")]
+    model.end()
+    own.rest()
+    current.rest()
+
+
+def test_a_reader_ahead_of_the_reply_gets_no_ping_for_each_event_it_already_has() -> None:
+    log = ReplyLog()
+    reader = reader_of(log, "sse", after=5, ping_s=0.3)
+    body = iter(reader)
+    next(body)  # metadata
+    for number in range(1, 6):
+        threading.Timer(0.02 * number, log.add, (f"w{number}",)).start()
+    threading.Timer(0.2, log.add, ("w6",)).start()
+    assert next(body) == b'id: 6\ndata: {"type":"token","content":"w6"}\n\n'  # no ping before it
+    log.finish(End("complete"))
+    assert list(body)[-1].startswith(b'id: 7\ndata: {"type":"done"')
+
+
+def test_a_failed_reply_keeps_its_sentence_for_readers_who_come_later(one: tuple[FlaskClient, Paced]) -> None:
+    client, model = one
+    conversation_id = new_conversation(client)
+    model.say("Half ")
+    model.queue.put(CUT)
+    Events(start_turn(client, conversation_id)).rest()
+    message = last_message(client, conversation_id)
+    assert (message["status"], message["error"]) == ("error", "The connection to the model broke.")
+
+
+def test_a_gap_in_redis_sends_the_follower_to_the_database_not_round_in_circles(
+    linked: tuple[FlaskClient, Paced, FlaskClient], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writing, model, other = linked
+    conversation_id = new_conversation(writing)
+    model.say("a")
+    own = Events(start_turn(writing, conversation_id))
+    own.take(2)
+    follower = Events(follow(other, conversation_id))
+    follower.take(2)
+    reads = []
+    replies = other.application.extensions["replies"]
+    original = replies.streams.read
+    monkeypatch.setattr(replies.streams, "read", lambda cursors: reads.append(1) or original(cursors))
+    admin = redis.Redis.from_url(redis_url)
+    message_id = own.response.headers["X-Message-ID"]
+    admin.xadd(streams.key(message_id), {"e": streams.pack(["far"])}, id="0-90")  # events 2 to 89 missing
+    time.sleep(1.0)  # the loop's pace over a second is what is measured
+    assert len(reads) < 20  # without the database step, thousands
+    admin.close()
+    model.end()
+    own.rest()
+    follower.close()

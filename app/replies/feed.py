@@ -25,6 +25,9 @@ class Feed:
         self.log = ReplyLog(stored.rebuilt())
         self.readers = 0
         self.next_check = time.monotonic()
+        # Events are missing before what Redis brought: it is not read again until the database
+        # has brought the feed past the gap (else the same entries come back at once, for ever).
+        self.gap = False
         end = stored.end()
         if end is not None:
             self.log.finish(end)
@@ -57,6 +60,7 @@ class Feed:
         """Add what the database has beyond this worker's events, and the end once it is stored."""
         if stored.last_event > self.cursor:
             self.log.extend(stored.rebuilt(after=self.cursor))
+        self.gap = False
         end = stored.end()
         if end is not None and stored.last_event <= self.cursor:
             self.log.finish(end)

@@ -156,7 +156,10 @@ class Reader:
                     return
                 if self.client_gone:
                     return
-                if not log.wait(self.cursor, self.bell, self.ping_s) and not self.client_gone:
+                quiet_since = time.monotonic()
+                woken = log.wait(self.cursor, self.bell, self.ping_s)
+                # A ping after a silence only: a wake-up with nothing new for this reader is none.
+                if not woken and not self.client_gone and time.monotonic() - quiet_since >= self.ping_s:
                     yield sse.PING
         finally:
             self.finished = True

@@ -92,14 +92,27 @@ class Stored:
 
 
 def worker_id() -> str:
-    """Which worker writes a reply: its host and process (read when asked: gunicorn forks)."""
-    return f"{socket.gethostname()}/{os.getpid()}"[:100]
+    """Which worker writes a reply: its host, its process-id namespace and its process (read when
+    asked: gunicorn forks). Two containers may share a host name but never a process namespace."""
+    return f"{socket.gethostname()}/{pid_namespace()}/{os.getpid()}"[:100]
+
+
+def pid_namespace() -> str:
+    """The kernel's id of this process's pid namespace ("-" where there is no /proc to tell)."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "-"
 
 
 def writer_is_gone(writer: str | None) -> bool:
-    """Is ``writer`` a worker of this host that no longer runs? (Another host's is not known here.)"""
-    host, _, pid = (writer or "").rpartition("/")
-    if host != socket.gethostname() or not pid.isdigit():
+    """Is ``writer`` a worker that no longer runs, as this host can tell? Only one in the same pid
+    namespace of the same host can be looked up; of any other nothing is known here."""
+    parts = (writer or "").split("/")
+    if len(parts) != 3 or parts[:2] != [socket.gethostname(), pid_namespace()] or parts[1] == "-":
+        return False
+    pid = parts[2]
+    if not pid.isdigit():
         return False
     try:
         os.kill(int(pid), 0)
@@ -165,6 +178,19 @@ def read(db: sessionmaker[Session], message_id: str) -> Stored | None:
     with transaction(db, reads_only=True) as sql:
         row = sql.execute(READ, {"m": message_id}).first()
     return None if row is None else Stored(**row._asdict())
+
+
+READ_MANY = select(*COLUMNS).where(MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+
+
+def read_many(db: sessionmaker[Session], message_ids: Sequence[str]) -> dict[str, Stored]:
+    """The rows of these replies that still exist, by id: one query for many followed replies."""
+    found: dict[str, Stored] = {}
+    with transaction(db, reads_only=True) as sql:
+        for start in range(0, len(message_ids), IN_CHUNK):
+            for row in sql.execute(READ_MANY, {"ids": list(message_ids[start : start + IN_CHUNK])}):
+                found[row.id] = Stored(**row._asdict())
+    return found
 
 
 def latest_reply(db: sessionmaker[Session], conversation_id: str) -> Stored | None:

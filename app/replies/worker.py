@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_S = 1.0  # a running reply's text is stored at least this often (and no more often)
 STOP_CHECK_S = 0.25  # how often the database is asked for stop requests (a stop acts within 1 s)
 FLUSH_S = 0.01  # how often new events go to Redis: well inside the 50 ms a reader may lag
-MIN_STALE_S = 5.0  # a reply silent for this long (at least) has lost its worker: 5 missed checkpoints
+# A reply whose checkpoints stopped for this long has lost its worker: UPSTREAM_TIMEOUT_S, as SPEC
+# says, but never less than a few missed checkpoints (a busy database must not end a live reply).
+MIN_STALE_S = 2.5 * CHECKPOINT_S
+STOP_WAIT_S = 3.0  # how long a stop waits for the worker writing the reply to store it
+STOP_POLL_S = 0.05
 SHUTDOWN_POLL_S = 0.1
 
 
@@ -47,6 +51,9 @@ class Replies:
         self.streams = Streams(url) if url else None
         self.jobs: dict[str, Job] = {}
         self.feeds: dict[str, Feed] = {}
+        # Ends the database refused (it was down): tried again at every checkpoint until stored,
+        # and their rows kept alive meanwhile, so a short outage loses no reply.
+        self.unstored: dict[str, tuple[str, dict[str, Any]]] = {}
         self._ticking = False
         self._reading = False
         self._db_failing = False
@@ -68,15 +75,18 @@ class Replies:
 
     def finished(self, job: Job, end: End) -> None:
         """Store how the job's reply ended, publish it, and only then tell its readers."""
+        job.checkpoint()  # the texts and lengths up to the last event
+        values = store.end_values(end, job.saved_text, job.saved_reasoning, job.index(), job.saved)
         try:
-            job.checkpoint()  # the texts and lengths up to the last event
-            values = store.end_values(end, job.saved_text, job.saved_reasoning, job.index(), job.saved)
             if not store.finish(self.db, job.conversation_id, job.message_id, values):
                 log.warning("reply %s had already ended when it was to be stored", job.message_id)
         except SQLAlchemyError as error:
             log.error(
-                "could not store reply %s: the database failed (%s)", job.message_id, type(error).__name__
+                "could not store reply %s: the database failed (%s); trying again every second",
+                job.message_id,
+                type(error).__name__,
             )
+            self.unstored[job.message_id] = (job.conversation_id, values)
         except Exception:
             log.exception("could not store how reply %s ended", job.message_id)
         if self.streams is not None:
@@ -84,6 +94,8 @@ class Replies:
                 self._publish([job], ended={job.message_id: end})
         job.log.finish(end)
         self.jobs.pop(job.message_id, None)
+        if job.message_id in self.unstored:
+            self._keep_ticking()
         metrics.RUNNING.dec()
         if job.release is not None:
             job.release()
@@ -103,12 +115,30 @@ class Replies:
             job.stop()
         return job
 
-    def request_stop(self, message_id: str) -> bool:
-        """Ask whichever worker writes the reply to stop it; False if it is no longer written."""
-        asked = store.request_stop(self.db, message_id)
-        if asked and self.streams is not None:
-            self.streams.request_stop(message_id)
-        return asked
+    def stop_anywhere(self, reply: store.Stored) -> None:
+        """Stop ``reply`` wherever it is written, and return once it is stored as ended.
+
+        Written here: stopped at once. Elsewhere: asked through the database (its worker looks
+        four times a second) and Redis (at once), then the row is watched; a worker that does
+        not act on it within STOP_WAIT_S no longer writes it, whatever it does: stored as stopped
+        here, its text as last checkpointed.
+        """
+        job = self.jobs.get(reply.id)
+        if job is not None:
+            job.stop()
+            job.log.wait_end(threading.Event(), STOP_WAIT_S)  # stored before its end is told
+            return
+        if not store.request_stop(self.db, reply.id):
+            return  # it ended meanwhile
+        if self.streams is not None:
+            self.streams.request_stop(reply.id)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            current = store.read(self.db, reply.id)
+            if current is None or current.status != "streaming":
+                return
+            time.sleep(STOP_POLL_S)
+        store.end_abandoned(self.db, reply, "stopped")
 
     # -- reading --
 
@@ -149,15 +179,14 @@ class Replies:
 
     # -- shutting down --
 
-    def shutdown(self, deadline: float) -> None:
-        """Let the replies being written end by ``deadline`` (monotonic), then store the rest as
-        ``interrupted`` with their text so far."""
+    def shutdown(self, deadline: float, stored_by: float) -> None:
+        """Let the replies being written end by ``deadline`` (monotonic), then stop the rest as
+        ``interrupted`` and wait for them to be stored, until ``stored_by`` at the latest."""
         while self.jobs and time.monotonic() < deadline:
             time.sleep(SHUTDOWN_POLL_S)
         for job in list(self.jobs.values()):
             job.stop("interrupted")
-        until = time.monotonic() + 2.0
-        while self.jobs and time.monotonic() < until:
+        while self.jobs and time.monotonic() < stored_by:
             time.sleep(0.01)
 
     # -- the ticker --
@@ -172,7 +201,7 @@ class Replies:
         next_flush = now
         next_stops = now + STOP_CHECK_S
         next_checkpoint = now + CHECKPOINT_S
-        while self.jobs or self.feeds:
+        while self.jobs or self.feeds or self.unstored:
             now = time.monotonic()
             try:
                 if self.streams is not None and now >= next_flush:
@@ -200,7 +229,7 @@ class Replies:
                 wake_at = min(wake_at, next_flush)
             time.sleep(max(0.0, wake_at - time.monotonic()))
         self._ticking = False
-        if self.jobs or self.feeds:  # one came in as this ticker was stopping
+        if self.jobs or self.feeds or self.unstored:  # one came in as this ticker was stopping
             self._keep_ticking()
 
     def _publish(self, jobs: list[Job], ended: dict[str, End] | None = None) -> None:
@@ -230,7 +259,11 @@ class Replies:
                 job.stop()
 
     def _checkpoint(self) -> None:
-        changed, beating = [], []
+        for message_id, (conversation_id, values) in list(self.unstored.items()):
+            store.finish(self.db, conversation_id, message_id, values)  # raises while it is still down
+            del self.unstored[message_id]
+            log.info("reply %s is stored after all", message_id)
+        changed, beating = [], list(self.unstored)
         for job in list(self.jobs.values()):
             row = job.checkpoint()
             if row is None:
@@ -245,14 +278,16 @@ class Replies:
         return min((feed.next_check for feed in self.feeds.values()), default=float("inf"))
 
     def _poll_feeds(self, now: float) -> None:
-        """Read the database for the feeds that are due: all they get without Redis, and with it
-        whether their writer still lives (and whatever Redis could not bring)."""
+        """Read the database for the feeds that are due, in one query: all they get without Redis,
+        and with it whether their writer still lives (and whatever Redis could not bring)."""
         following_redis = self.streams is not None and self.streams.usable() and self._reading
-        for feed in list(self.feeds.values()):
-            if feed.next_check > now:
-                continue
+        due = [feed for feed in list(self.feeds.values()) if feed.next_check <= now]
+        if not due:
+            return
+        rows = store.read_many(self.db, [feed.message_id for feed in due])
+        for feed in due:
             feed.next_check = now + (LIVE_CHECK_S if following_redis else DB_POLL_S)
-            reply = store.read(self.db, feed.message_id)
+            reply = rows.get(feed.message_id)
             if reply is None:
                 feed.log.finish(End("stopped"))  # deleted with its conversation
             elif self.abandoned(reply):
@@ -289,7 +324,7 @@ class Replies:
                     stops, wake = streams.last_id(STOPS), streams.last_id(wake_key)
                 cursors = {STOPS: stops, wake_key: wake}
                 for feed in list(self.feeds.values()):
-                    if not feed.ended():
+                    if not feed.ended() and not feed.gap:
                         cursors[PREFIX + feed.message_id] = f"0-{feed.cursor}"
                 answer = streams.read(cursors)
             except redis.RedisError as error:
@@ -323,7 +358,8 @@ class Replies:
             else:
                 taken = feed.take(last, unpack(fields["e"]), None)
             if not taken:
-                feed.next_check = 0.0  # events are missing: the ticker reads the database now
+                feed.gap = True  # events are missing: the ticker reads the database first
+                feed.next_check = 0.0
                 return
         if feed.ended():
             self.feeds.pop(message_id, None)
