@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint system-packages bench bench-quick soak compat clean
+.PHONY: run test lint system-packages bench bench-quick soak compat vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,12 @@ $(COMPAT_VENV)/.installed:
 
 compat: $(VENV)/.installed-dev $(COMPAT_VENV)/.installed
 	$(BIN)/python -m tests.compat.check --upstream litellm --litellm $(CURDIR)/$(COMPAT_VENV)/bin/litellm
+
+# The page's third-party files (app/static/vendor/): fetched again from the npm registry at the
+# versions pinned in vendor.json, each package checked against the integrity hash the registry
+# publishes. To upgrade one, change its version there and run this. No node needed.
+vendor: $(VENV)/.installed
+	$(BIN)/python -m tests.vendor
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) .pytest_cache .mypy_cache .ruff_cache .coverage bench-results

@@ -15,6 +15,8 @@ from .stream import Model
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# Static files are addressed by their content (pages.asset) or version (vendor/): cached for a year.
+STATIC_MAX_AGE_S = 365 * 24 * 3600
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -28,7 +30,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     source = os.environ if test_config is None else test_config
-    app.config.from_mapping(load_settings(source), MAX_CONTENT_LENGTH=MAX_BODY_BYTES)
+    app.config.from_mapping(
+        load_settings(source), MAX_CONTENT_LENGTH=MAX_BODY_BYTES, SEND_FILE_MAX_AGE_DEFAULT=STATIC_MAX_AGE_S
+    )
     if test_config is not None:
         app.config.from_mapping({k: v for k, v in test_config.items() if k not in DEFAULTS})
 

@@ -1,59 +1,49 @@
-"""The offline demo model: deterministic replies that depend on the message, word by word."""
+"""The offline demo model: a plain, grammatical answer about the message, the same each time.
+
+It reads what kind of answer the message asks for (code, a poem, a list, a greeting, or an
+explanation) and what it is about (one of a few subjects), and answers from text written for
+that: no word of the message is put into a sentence, so no reply reads "the happened is worth
+a look". Markdown where a model would use it: a short list, a fenced code block for code.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
+from .demo_text import CLOSING, CODE, GREETINGS, POEM_CLOSING, POEMS, SUBJECTS, Subject
 from .stream import Delta, Usage
 from .validation import ChatRequest
 
-STOPWORDS = frozenset(
-    "a an and are about as at be but by can could do for from give how i in is it me my of on or "
-    "please show so tell that the this to was we what when where which who why will with would "
-    "write you your explain describe summarize summarise list make create compose draft generate".split()
-)
-OPENINGS = (
-    "Here is a short answer about {topic}.",
-    "Let me think about {topic} for a moment.",
-    "Good question — {topic} is worth a careful look.",
-    "Once upon a time, there was {topic}.",
-)
-MIDDLES = (
-    "The first thing to notice is how the {a} shapes everything around it.",
-    "Many people start with the {a}, then find that the {b} matters just as much.",
-    "Seen up close, the {a} and the {b} turn out to be two sides of one idea.",
-    "A small example helps: picture the {a} on a quiet morning, waiting for the {b}.",
-    "The history of the {a} is longer than most guesses, and the {b} is part of it.",
-    "Nobody expected the {a} to change, yet the {b} changed it step by step.",
-)
-CLOSINGS = (
-    "That is the heart of it, in a few words.",
-    "I hope this helps — ask again for more detail.",
-    "And that, more or less, is the whole story.",
-    "(This reply comes from the built-in demo model; set OPENAI_API_KEY for a real one.)",
-)
+PIECE = re.compile(r"\s*\S+")  # a word with the white space before it: what one delta carries
+WORD = re.compile(r"[^\W\d_]+")
+ASKS = {
+    "code": {"code", "function", "python", "script", "program", "snippet", "implement", "algorithm", "regex"},
+    "poem": {"poem", "haiku", "verse", "rhyme", "limerick", "sonnet", "poetry"},
+    "list": {"list", "ideas", "tips", "steps", "ways", "suggest", "suggestions", "checklist", "recommend"},
+    "greeting": {"hi", "hello", "hey", "thanks", "thank", "morning", "evening", "greetings"},
+}
 
 
 class DemoLLM:
-    """Writes a reply from the last user turn, pausing DEMO_DELAY_MS between words."""
+    """Writes a reply to the last user turn, pausing DEMO_DELAY_MS between words."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.delay = config["DEMO_DELAY_MS"] / 1000.0
 
     def stream(self, chat: ChatRequest) -> Generator[Delta]:  # a generator is a Source
-        """Yield the reply a word at a time (each with its leading space), then its Usage."""
+        """Yield the reply a word at a time (each with the white space before it), then its Usage."""
         prompt = " ".join(turn["content"] for turn in chat.messages)
-        words = compose(last_user_turn(chat)).split(" ")
+        words = pieces(compose(last_user_turn(chat)))
         if chat.max_tokens is not None:
             words = words[: chat.max_tokens]
         for index, word in enumerate(words):
             if index and self.delay:
                 time.sleep(self.delay)
-            yield word if index == 0 else " " + word
+            yield word
         yield Usage(input_tokens=len(prompt.split()), output_tokens=len(words))
 
     def close(self) -> None:
@@ -68,20 +58,53 @@ def last_user_turn(chat: ChatRequest) -> str:
     return chat.messages[-1]["content"]
 
 
+def pieces(text: str) -> list[str]:
+    """``text`` as the deltas the demo model sends: each word with the white space before it."""
+    return PIECE.findall(text)
+
+
 def compose(message: str) -> str:
-    """A reply of four to six sentences built from the message's own words."""
+    """The demo model's whole reply to ``message``."""
+    words = {word.lower() for word in WORD.findall(message)}
     seed = hashlib.sha256(message.encode("utf-8", "replace")).digest()
-    words = [w for w in re.findall(r"[^\W\d_][\w'-]*", message.lower()) if w not in STOPWORDS]
-    topics = sorted(dict.fromkeys(words), key=lambda w: (-len(w), w))[:3] or ["this"]
-    a, b = topics[0], topics[min(1, len(topics) - 1)]
-    opening = OPENINGS[seed[0] % len(OPENINGS)].format(topic=phrase(topics[0], seed[1]))
-    count = 2 + seed[2] % 3
-    middles = [MIDDLES[(seed[3] + step) % len(MIDDLES)].format(a=a, b=b) for step in range(count)]
-    closing = CLOSINGS[seed[4] % len(CLOSINGS)]
-    return " ".join([opening, *middles, closing])
+    subject = subject_of(words)
+    if words & ASKS["code"]:
+        return code_reply(words, seed)
+    if words & ASKS["poem"]:
+        poem = pick(POEMS, seed[0])
+        return f"{pick(subject.poem_intros, seed[1])}\n\n{poem}\n\n{pick(POEM_CLOSING, seed[2])}"
+    if words & ASKS["list"]:
+        items = "\n".join(f"{n}. {item}" for n, item in enumerate(rotated(subject.tips, seed[1])[:4], 1))
+        return f"{pick(subject.list_intros, seed[0])}\n\n{items}\n\n{pick(CLOSING, seed[2])}"
+    if words & ASKS["greeting"] and len(words) <= 6:
+        return f"{pick(GREETINGS, seed[0])} {pick(subject.offers, seed[1])}"
+    points = "\n".join(f"- {point}" for point in rotated(subject.points, seed[2])[:3])
+    return (
+        f"{pick(subject.openings, seed[0])} {pick(subject.middles, seed[1])}\n\n"
+        f"A few things to keep in mind:\n\n{points}\n\n{pick(CLOSING, seed[3])}"
+    )
 
 
-def phrase(word: str, pick: int) -> str:
-    """The topic word with an article, so the sentences read naturally."""
-    article = "an" if word[0] in "aeiou" else "a"
-    return f"{article} {word}" if pick % 2 else f"the {word}"
+def subject_of(words: set[str]) -> Subject:
+    """The subject the message is most about (the general one when it names none)."""
+    best = max(SUBJECTS, key=lambda subject: len(words & subject.keywords))
+    return best if words & best.keywords else SUBJECTS[-1]
+
+
+def code_reply(words: set[str], seed: bytes) -> str:
+    """A small, correct Python function, the one the message asks for if the demo knows it."""
+    task = next((task for task in CODE if task.asked(words)), CODE[-1])
+    notes = "\n".join(f"- {note}" for note in task.notes)
+    return (
+        f"Here is a small Python function that {task.does}:\n\n```python{task.code}```\n\n"
+        f"How it works:\n\n{notes}\n\n{pick(CLOSING, seed[0])}"
+    )
+
+
+def pick(choices: Sequence[str], byte: int) -> str:
+    return choices[byte % len(choices)]
+
+
+def rotated(items: Sequence[str], byte: int) -> list[str]:
+    start = byte % len(items)
+    return [*items[start:], *items[:start]]

@@ -1,14 +1,43 @@
-"""The service's own pages: ``GET /`` and ``GET /healthz``."""
+"""The service's own pages: ``GET /`` and ``GET /healthz``; the page's files come from ``/static/``."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import secrets
+from pathlib import Path
 
-from flask import Blueprint, current_app, render_template, request
+from flask import Blueprint, current_app, render_template, request, url_for
 
 bp = Blueprint("pages", __name__)
 
 RUNNING = "AI Chat API is running"
+STATIC = Path(__file__).with_name("static")
+VENDOR = STATIC / "vendor" / "vendor.json"  # the pinned third-party files (make vendor)
+
+
+@functools.cache
+def fingerprint(name: str) -> str:
+    """A static file's content hash: in its address, so it can be cached for a year and a new
+    version of the file is a new address."""
+    return hashlib.sha256((STATIC / name).read_bytes()).hexdigest()[:16]
+
+
+@bp.app_context_processor
+def assets() -> dict[str, object]:
+    """For the page: ``asset(name)``, the address of a file of app/static; ``vendored(package)``,
+    of a pinned package's script."""
+
+    def asset(name: str) -> str:
+        return url_for("static", filename=name, v=fingerprint(name))
+
+    def vendored(package: str) -> str:
+        files = json.loads(VENDOR.read_text())["packages"][package]["files"]
+        [script] = [name for name in files if name.endswith(".js")]
+        return asset(f"vendor/{script}")
+
+    return {"asset": asset, "vendored": vendored}
 
 
 def page_policy(nonce: str) -> str:

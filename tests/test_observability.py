@@ -8,6 +8,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from app.demo import pieces
 from app.observability import JsonFormatter, access_text, configure_logging
 
 from .conftest import SECRET_KEY, FakeLLM
@@ -44,7 +45,7 @@ def test_one_access_line_per_request_with_the_spec_fields(
     ]
     assert fields["method"] == "POST" and fields["path"] == "/api/chat/stream" and fields["status"] == 200
     assert fields["chars"] == len(body)
-    assert fields["chunks"] == fields["tokens_out"] == len(body.split(" "))
+    assert fields["chunks"] == fields["tokens_out"] == len(pieces(body))
     assert fields["outcome"] == "complete"
     assert fields["request_id"] == "req-42" == response.headers["X-Request-ID"]
     assert 0 <= fields["ttft_ms"] <= fields["duration_ms"]

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app import create_app
+from app import create_app, pages
 
 
 def test_index_says_the_service_is_running(client: FlaskClient) -> None:
@@ -50,13 +51,61 @@ def test_the_page_allows_only_its_own_script_and_style(client: FlaskClient) -> N
         "frame-ancestors": "'none'",
     }
     page = response.get_data(as_text=True)
-    assert re.findall(r"<(script|style)\b([^>]*)>", page) == [
-        ("style", f' nonce="{nonce[1]}"'),
-        ("script", f' nonce="{nonce[1]}"'),
+    # No script or style in the page itself: files of its own origin, each named in the policy's nonce.
+    assert re.findall(r"<style\b", page) == []
+    scripts = re.findall(r'<script nonce="([^"]+)" src="(/static/[^"]+)"></script>', page)
+    assert [src.split("?")[0] for _, src in scripts] == [
+        "/static/vendor/markdown-it-15.0.3.min.js",
+        "/static/vendor/purify-3.5.0.min.js",
+        "/static/render.js",
+        "/static/chat.js",
     ]
+    assert {used for used, _ in scripts} == {nonce[1]}
+    assert len(re.findall(r"<script\b", page)) == len(scripts)
+    assert (
+        re.findall(
+            r'<link rel="stylesheet" href="(/static/chat\.css\?v=[0-9a-f]{16})" nonce="([^"]+)">', page
+        )[0][1]
+        == nonce[1]
+    )
     # The policy blocks inline handlers and style attributes: the page must not need them.
-    markup = re.sub(r"<script\b.*?</script>", "", page, flags=re.DOTALL)
-    assert not re.search(r"<[^>]*\s(on[a-z]+|style)\s*=", markup, re.IGNORECASE)
+    assert not re.search(r"<[^>]*\s(on[a-z]+|style)\s*=", page, re.IGNORECASE)
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/static/chat.js", "text/javascript"),
+        ("/static/render.js", "text/javascript"),
+        ("/static/chat.css", "text/css"),
+        ("/static/vendor/markdown-it-15.0.3.min.js", "text/javascript"),
+        ("/static/vendor/purify-3.5.0.min.js", "text/javascript"),
+    ],
+)
+def test_the_pages_files_come_from_its_own_origin_and_are_kept_a_year(
+    client: FlaskClient, path: str, kind: str
+) -> None:
+    with client.get(path) as response:
+        assert (response.status_code, response.mimetype) == (200, kind)
+        assert response.headers["Cache-Control"] == "public, max-age=31536000"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_a_changed_file_gets_a_new_address(
+    client: FlaskClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    page = client.get("/", headers={"Accept": BROWSER}).get_data(as_text=True)
+    assert f'src="/static/chat.js?v={pages.fingerprint("chat.js")}"' in page
+    monkeypatch.setattr(pages, "STATIC", tmp_path)
+    pages.fingerprint.cache_clear()
+    try:
+        (tmp_path / "chat.js").write_text("one version")
+        first = pages.fingerprint("chat.js")
+        pages.fingerprint.cache_clear()  # a new process, as after a deploy
+        (tmp_path / "chat.js").write_text("the next version")
+        assert pages.fingerprint("chat.js") != first
+    finally:
+        pages.fingerprint.cache_clear()
 
 
 def test_each_page_gets_its_own_nonce(client: FlaskClient) -> None:

@@ -6,7 +6,6 @@ the page in headless Chromium (Debian's package) at a laptop's width.
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -16,11 +15,12 @@ from playwright.sync_api import expect, sync_playwright
 from ..support import ROOT, LiveServer
 from .test_page import CHROMIUM, FLAGS
 
-OLDER = ["Suggest a name for a bakery", "Explain how tides work"]
+OLDER = ["Give me tips for a trip to Lisbon", "Explain how tides work"]
 
 
 def draw(path: Path) -> None:
-    """Photograph a conversation with one finished and one stopped reply, and the side list."""
+    """Photograph a conversation with a reply rendered from Markdown (a list, a code block), and
+    the side list; ``-dark`` beside it, the same in the dark scheme."""
     server = LiveServer({"DEMO_DELAY_MS": "30"})
     try:
         for message in OLDER:
@@ -29,20 +29,20 @@ def draw(path: Path) -> None:
             requests.post(f"{server.url}/api/chat", json=turn, timeout=30).raise_for_status()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 900, "height": 640})
+            page = browser.new_page(viewport={"width": 1000, "height": 760})
             page.goto(server.url + "/")
             box = page.get_by_label("Message")
-            box.fill("Tell me a story about a robot")
+            box.fill("Give me tips for learning a language")
             box.press("Enter")
             expect(page.locator(".assistant").last).to_have_attribute("data-status", "complete")
-            box.fill("What happened to the robot next?")
+            box.fill("Write a python function that checks for a palindrome")
             box.press("Enter")
-            expect(page.locator(".assistant .text").last).to_have_text(re.compile(r"(\S+ ){12}"))
-            page.get_by_role("button", name="Stop").click()
-            expect(page.locator(".assistant").last).to_have_attribute("data-status", "stopped")
-            box.fill("Shift+Enter adds a new line")
+            expect(page.locator(".assistant").last).to_have_attribute("data-status", "complete")
             expect(page.locator("#conversations li")).to_have_count(len(OLDER) + 1)
+            page.locator(".assistant .code").last.scroll_into_view_if_needed()
             page.screenshot(path=str(path))
+            page.emulate_media(color_scheme="dark")
+            page.screenshot(path=str(path.with_name(path.stem + "-dark" + path.suffix)))
             browser.close()
     finally:
         server.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from app.demo import compose
+from app.demo import compose, pieces
 
 from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script, sse
 
@@ -86,7 +86,7 @@ def converse_concurrently(server: LiveServer, conversations: int, turns: int) ->
             message = f"Tell me about harbour {index} and its lighthouse number {number}"
             route = ("json", "text", "sse")[(index + number) % 3]
             status, reply = turn(server, ids[index], message, route, max_tokens=12)
-            assert (status, reply) == (200, " ".join(compose(message).split(" ")[:12])), route
+            assert (status, reply) == (200, "".join(pieces(compose(message))[:12])), route
             sent.append(message)
         return ids[index], sent
 
@@ -99,7 +99,7 @@ def assert_all_stored_complete(server: LiveServer, sent: list[tuple[str, list[st
         found = stored(server, conversation_id)["messages"]
         expected = []
         for message in messages:
-            reply = " ".join(compose(message).split(" ")[:12])
+            reply = "".join(pieces(compose(message))[:12])
             expected += [("user", message, "complete"), ("assistant", reply, "complete")]
         assert [(m["role"], m["content"], m["status"]) for m in found] == expected
 
@@ -196,7 +196,7 @@ def test_a_reply_whose_worker_was_killed_reads_interrupted_and_frees_the_convers
         assert wait_for(last_status, lambda status: status != "streaming", timeout=3) == "interrupted"
         assert time.monotonic() - killed < 1
         status, reply = turn(server, conversation_id, "Are you there?", "json", max_tokens=3)
-        assert (status, reply) == (200, " ".join(compose("Are you there?").split(" ")[:3]))
+        assert (status, reply) == (200, "".join(pieces(compose("Are you there?"))[:3]))
         messages = stored(server, conversation_id)["messages"]
         assert [(m["role"], m["status"]) for m in messages] == [
             ("user", "complete"),

@@ -101,6 +101,17 @@ def open_id(page: Any) -> str:
     return str(page.url.split("?c=", 1)[1])
 
 
+def drawn(page: Any, markdown: str) -> str:
+    """The text the page's Markdown renderer makes of ``markdown`` drawn in one go."""
+    return str(
+        page.evaluate(
+            "(text) => { const box = document.createElement('div'); box.append(renderMarkdown(text)); "
+            "return box.textContent; }",
+            markdown,
+        )
+    )
+
+
 def make_conversation(server: LiveServer, *messages: str, **fields: str) -> str:
     """A stored conversation with a finished turn per message, made through the API."""
     created = requests.post(f"{server.url}/api/conversations", json=fields, timeout=10)
@@ -129,7 +140,7 @@ def test_the_reply_grows_as_chunks_arrive(page: Any, demo_page_server: LiveServe
     final = last_reply(page).locator(".text").inner_text()
     growth = sorted({n for n in page.evaluate("window.lengths") if 0 < n < len(final)})
     assert len(growth) >= 2, growth  # seen part-way at least twice before it was complete
-    assert "robot" in final and final.endswith((".", ")"))
+    assert "software" in final and final.endswith((".", ")"))  # the robot story: about machines
     meta = last_reply(page).locator(".meta").inner_text()
     assert meta.startswith("first token ") and " ms · total " in meta
 
@@ -219,7 +230,9 @@ def test_a_reload_mid_reply_picks_it_up_and_it_grows_to_its_end(
     assert len(set(lengths)) > 3  # it grew while it was followed, not in one piece at the end
     stored = requests.get(f"{demo_page_server.url}/api/conversations/{conversation_id}", timeout=10).json()
     assert stored["messages"][-1]["status"] == "complete"
-    assert reply.locator(".text").inner_text() == stored["messages"][-1]["content"]  # no text twice
+    # What was shown, grown from the reattachment, is the stored reply drawn whole: no text twice.
+    shown = reply.locator(".text").text_content() or ""
+    assert " ".join(shown.split()) == " ".join(drawn(page, stored["messages"][-1]["content"]).split())
 
 
 def test_stop_after_a_reload_stops_the_reply_on_the_server(page: Any, demo_page_server: LiveServer) -> None:
@@ -234,7 +247,8 @@ def test_stop_after_a_reload_stops_the_reply_on_the_server(page: Any, demo_page_
     expect(last_reply(page)).to_have_attribute("data-status", "stopped")
     shown = last_reply(page).locator(".text").inner_text()
     stored = requests.get(f"{demo_page_server.url}/api/conversations/{conversation_id}", timeout=10).json()
-    assert (stored["messages"][-1]["status"], stored["messages"][-1]["content"]) == ("stopped", shown)
+    assert stored["messages"][-1]["status"] == "stopped"
+    assert " ".join(shown.split()) == " ".join(drawn(page, stored["messages"][-1]["content"]).split())
 
 
 def test_a_server_error_shows_its_sentence(page: Any, demo_page_server: LiveServer) -> None:
@@ -408,11 +422,11 @@ def test_an_error_after_the_reply_started_is_shown(page: Any, upstream_server: F
         page.goto(server.url + "/")
         send(page, "hello")
         expect(last_reply(page)).to_have_attribute("data-status", "error")
-        assert last_reply(page).locator(".text").inner_text() == "Half a "
+        assert last_reply(page).locator(".text").inner_text() == "Half a"  # Markdown: a paragraph, trimmed
         assert last_reply(page).locator(".error").inner_text() == "The connection to the model broke."
         page.reload()  # kept as failed, with the text that came before the failure
         expect(last_reply(page)).to_have_attribute("data-status", "error")
-        assert last_reply(page).locator(".text").inner_text() == "Half a "
+        assert last_reply(page).locator(".text").inner_text() == "Half a"  # Markdown: a paragraph, trimmed
         assert last_reply(page).locator(".error").inner_text() == "Failed."
     finally:
         server.stop()
@@ -438,3 +452,231 @@ def test_a_server_that_asks_for_a_key_gets_it_from_the_page(page: Any) -> None:
         assert page.locator(".user .text").all_inner_texts() == ["hello again"]
     finally:
         server.stop()
+
+
+# --- Replies shown as Markdown, safely ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def scripted_server(upstream_server: FakeUpstream) -> Iterator[LiveServer]:
+    """The real server in front of the fake upstream: each test scripts the reply it needs."""
+    server = LiveServer(
+        {"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream_server.base_url, "LOG_FORMAT": "json"}
+    )
+    yield server
+    server.stop()
+
+
+def reply_with(upstream: FakeUpstream, text: str, pieces: int = 7, delay: float = 0.0) -> None:
+    """Script the fake upstream to send ``text`` cut into deltas of about ``pieces`` characters."""
+    upstream.reset(Script(deltas=[text[at : at + pieces] for at in range(0, len(text), pieces)], delay=delay))
+
+
+MARKDOWN = """# Plan
+
+Use **bold** and `inline code`, with a [link](https://example.com/docs).
+
+1. first
+2. second
+   - nested
+
+| name | size |
+| --- | ---: |
+| apple | 3 |
+
+```python
+def add(a, b):
+    return a + b
+```
+"""
+
+
+def test_a_reply_is_rendered_as_markdown_with_code_to_copy(
+    context: Any, problems: Problems, scripted_server: LiveServer, upstream_server: FakeUpstream
+) -> None:
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = problems.watch(context.new_page())
+    reply_with(upstream_server, MARKDOWN)
+    page.goto(scripted_server.url + "/")
+    send(page, "Show me some Markdown")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-status", "complete")
+    text = reply.locator(".text")
+    expect(text.locator("h1")).to_have_text("Plan")
+    expect(text.locator("strong")).to_have_text("bold")
+    expect(text.locator("p code")).to_have_text("inline code")
+    link = text.locator("a")
+    expect(link).to_have_attribute("href", "https://example.com/docs")
+    expect(link).to_have_attribute("target", "_blank")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
+    assert text.locator("ol > li").all_inner_texts()[0] == "first"
+    expect(text.locator("ol li ul li")).to_have_text("nested")
+    expect(text.locator("table th")).to_have_text(["name", "size"])
+    expect(text.locator("table td.align-right")).to_have_text("3")
+    block = text.locator(".code")
+    expect(block.locator(".code-head span")).to_have_text("python")
+    expect(block.locator("pre code")).to_have_text("def add(a, b):\n    return a + b\n")
+    block.get_by_role("button", name="Copy the python code").click()
+    expect(block.get_by_role("button", name="Copy the python code")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == "def add(a, b):\n    return a + b\n"
+
+
+HOSTILE = [
+    "<script>window.pwned = 'script'</script>",
+    "<img src=x onerror=\"window.pwned = 'img'\">",
+    "[click me](javascript:window.pwned='link')",
+    "<svg onload=\"window.pwned = 'svg'\"></svg>",
+    '<iframe src="https://evil.example/"></iframe>',
+    '<form action="https://evil.example/"><input name=a></form>',
+    "<style>body { display: none }</style>",
+    "[data](data:text/html;base64,PHNjcmlwdD53aW5kb3cucHduZWQ9MTwvc2NyaXB0Pg==)",
+    "&lt;script&gt;window.pwned = 'entity'&lt;/script&gt; and &#60;img src=x onerror=alert(1)&#62;",
+    "![tracker](https://evil.example/pixel.png)",
+    '<a href="https://evil.example" onclick="window.pwned = \'a\'">x</a>',
+    "[spaced](  JaVaScRiPt:window.pwned='case')",
+]
+ALLOWED = {
+    "div",
+    "p",
+    "br",
+    "strong",
+    "em",
+    "del",
+    "s",
+    "code",
+    "pre",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "hr",
+    "table",
+    "thead",
+    "tbody",
+    "tr",
+    "th",
+    "td",
+    "a",
+    "span",
+    "button",
+}  # button and span: the page's own code-block heads
+
+
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_nothing_in_a_reply_runs_loads_or_escapes_the_sanitizer(
+    page: Any, scripted_server: LiveServer, upstream_server: FakeUpstream, payload: str
+) -> None:
+    elsewhere: list[str] = []
+    page.on(
+        "request", lambda r: elsewhere.append(r.url) if not r.url.startswith(scripted_server.url) else None
+    )
+    reply_with(upstream_server, f"Look: {payload}\n\n{payload}\n", pieces=5)
+    page.goto(scripted_server.url + "/")
+    send(page, "Be hostile")
+    expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    found = page.evaluate(
+        """() => {
+            const text = document.querySelector(".assistant .text");
+            const elements = [...text.querySelectorAll("*")];
+            return {
+                pwned: window.pwned || null,
+                tags: [...new Set(elements.map((e) => e.tagName.toLowerCase()))],
+                handlers: elements.flatMap((e) => [...e.attributes].map((a) => a.name))
+                    .filter((n) => n.startsWith("on")),
+                hrefs: elements.filter((e) => e.hasAttribute("href")).map((e) => e.getAttribute("href")),
+            };
+        }"""
+    )
+    assert found["pwned"] is None
+    assert found["handlers"] == []
+    assert set(found["tags"]) <= ALLOWED, found["tags"]
+    assert all(href.startswith(("http:", "https:", "mailto:")) for href in found["hrefs"]), found["hrefs"]
+    assert page.evaluate("window.pwned || null") is None
+    assert elsewhere == []
+
+
+def test_a_code_fence_or_table_still_coming_shows_as_text_until_it_is_whole(
+    page: Any, scripted_server: LiveServer, upstream_server: FakeUpstream
+) -> None:
+    text = (
+        "Intro line.\n\n```js\nconst a = 1;\nconst b = 2;\n```\n\n| a | b |\n| - | - |\n| 1 | 2 |\n\nEnd.\n"
+    )
+    reply_with(upstream_server, text, pieces=4, delay=0.08)
+    page.goto(scripted_server.url + "/")
+    page.evaluate(
+        """() => {
+            window.seen = [];
+            new MutationObserver(() => {
+                const text = document.querySelector(".assistant .text");
+                if (!text) return;
+                window.seen.push({
+                    pendingPre: !!text.querySelector("pre.pending"),
+                    code: !!text.querySelector(".code"),
+                    pendingRows: !!text.querySelector("p.pending"),
+                    table: !!text.querySelector("table"),
+                });
+            }).observe(document.getElementById("log"), {childList: true, subtree: true, characterData: true});
+        }"""
+    )
+    send(page, "Fence and table")
+    expect(last_reply(page)).to_have_attribute("data-status", "complete")
+    seen = page.evaluate("window.seen")
+    # While the fence was open its code was text; once it closed, a code block, never both at once.
+    assert any(s["pendingPre"] and not s["code"] for s in seen)
+    assert any(s["pendingRows"] and not s["table"] for s in seen)  # the table's rows as text first
+    final = last_reply(page).locator(".text")
+    expect(final.locator(".code pre code")).to_have_text("const a = 1;\nconst b = 2;\n")
+    expect(final.locator("table td")).to_have_text(["1", "2"])
+    expect(final.locator(".pending")).to_have_count(0)
+
+
+def test_a_long_reply_is_rendered_at_most_once_a_frame(
+    page: Any, scripted_server: LiveServer, upstream_server: FakeUpstream
+) -> None:
+    words = [f"w{n} " for n in range(3000)]
+    upstream_server.reset(Script(deltas=words, burst=True))
+    page.goto(scripted_server.url + "/")
+    send(page, "Many words")
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-status", "complete")
+    expect(reply.locator(".text")).to_have_text("".join(words).strip())
+    frames = int(reply.locator(".text").get_attribute("data-frames") or 0)
+    assert 0 < frames < len(words) / 10  # a burst of deltas, rendered a frame at a time
+
+
+def test_the_page_follows_the_systems_dark_setting(browser: Any, demo_page_server: LiveServer) -> None:
+    colours = {}
+    for scheme in ("light", "dark"):
+        context = browser.new_context(color_scheme=scheme)
+        page = context.new_page()
+        page.goto(demo_page_server.url + "/")
+        colours[scheme] = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        context.close()
+    assert colours == {"light": "rgb(255, 255, 255)", "dark": "rgb(13, 17, 23)"}
+
+
+def test_the_page_works_by_keyboard_and_tells_a_screen_reader_when_a_reply_ends(
+    page: Any, demo_page_server: LiveServer
+) -> None:
+    page.goto(demo_page_server.url + "/")
+    expect(page.get_by_label("Message")).to_be_focused()  # ready to type
+    page.keyboard.type("Tell me about rivers")
+    page.keyboard.press("Enter")
+    expect(last_reply(page)).to_have_attribute("data-status", "streaming")
+    page.keyboard.press("Escape")  # stops the reply being written
+    expect(last_reply(page)).to_have_attribute("data-status", "stopped")
+    expect(page.locator("#announce")).to_have_text("The reply was stopped.")
+    expect(page.locator("#announce")).to_have_attribute("aria-live", "polite")
+    page.keyboard.type("And lakes?")
+    page.keyboard.press("Enter")
+    expect(page.locator("#announce")).to_have_text("The reply is complete.")
+    # Tab reaches the side list's controls, and what has the focus is outlined.
+    page.keyboard.press("Shift+Tab")
+    outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+    assert outline == "solid", outline
