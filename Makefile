@@ -3,18 +3,33 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 
-.PHONY: run test lint system-packages bench bench-quick soak compat vendor clean
+.PHONY: run test lint lock system-packages bench bench-quick soak compat vendor clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --editable .
+# Installs come from the lock (requirements*.txt: exact versions with their hashes), so a deploy
+# next month gets what the tests passed with; the project itself goes in on top, without its
+# dependencies (they are all in the lock) and built with the environment's own setuptools.
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --requirement requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+$(VENV)/.installed-dev: requirements-dev.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes --requirement requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --editable .
 	touch $@ $(VENV)/.installed
+
+# The lock, made again from pyproject.toml's ranges by uv (`make lock UPGRADE=openai` moves just
+# that package to its newest allowed release; without it, versions stay where they are if allowed).
+# setuptools is locked too: it builds the project in place (the venv's own is too old for that).
+UV_COMPILE = echo 'setuptools>=70.1,<81' | $(BIN)/uv pip compile pyproject.toml - --quiet --generate-hashes \
+	--python-version 3.11 $(if $(UPGRADE),--upgrade-package $(UPGRADE))
+
+lock: $(VENV)/.installed-dev
+	$(UV_COMPILE) --output-file requirements.txt
+	$(UV_COMPILE) --extra dev --output-file requirements-dev.txt
 
 run: $(VENV)/.installed
 	PATH="$(BIN):$$PATH" $(BIN)/dotenv -f .env run --no-override -- \

@@ -13,9 +13,11 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,11 +64,18 @@ def litellm_upstream(command: str) -> Upstream:
     """The LiteLLM proxy on loopback, its master key made up for this run."""
     port = free_port()
     key = f"sk-{secrets.token_hex(16)}"
-    env = {**os.environ, "LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / "compat-litellm.log", "wb")  # noqa: SIM115
+    # LiteLLM reads a .env from its working directory and the folders above it, and settings from
+    # its environment: the project's (DATABASE_URL=sqlite:///..., which it refuses) must reach
+    # neither. So it runs in a folder of its own, outside the checkout, with only what it needs.
+    folder = tempfile.TemporaryDirectory(prefix="compat-litellm-")
+    for name in ("litellm.yaml", "handlers.py"):  # the config names its handler module beside it
+        shutil.copy(HERE / name, folder.name)
+    env = {name: os.environ[name] for name in ("PATH", "HOME", "TMPDIR", "LANG") if name in os.environ}
+    env |= {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    log = open(Path(folder.name) / "litellm.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
         [command, "--config", "litellm.yaml", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=HERE,  # the config names its custom handler module relative to it
+        cwd=folder.name,
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -80,19 +89,22 @@ def litellm_upstream(command: str) -> Upstream:
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+        folder.cleanup()
 
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            text = Path(log.name).read_text(errors="replace")[-3000:]
             stop()
-            raise RuntimeError(f"LiteLLM exited at start-up; its log is {log.name}")
+            raise RuntimeError(f"LiteLLM exited at start-up:\n{text}")
         try:
             if requests.get(f"http://127.0.0.1:{port}/health/liveliness", timeout=2).ok:
                 return Upstream(f"http://127.0.0.1:{port}/v1", key, port, stop)
         except requests.RequestException:
             time.sleep(0.3)
+    text = Path(log.name).read_text(errors="replace")[-3000:]
     stop()
-    raise RuntimeError(f"LiteLLM did not start within 90 s; its log is {log.name}")
+    raise RuntimeError(f"LiteLLM did not start within 90 s:\n{text}")
 
 
 def connections_to(port: int) -> set[str]:
