@@ -64,14 +64,15 @@ def litellm_upstream(command: str) -> Upstream:
     """The LiteLLM proxy on loopback, its master key made up for this run."""
     port = free_port()
     key = f"sk-{secrets.token_hex(16)}"
-    # LiteLLM reads a .env from its working directory and the folders above it, and settings from
-    # its environment: the project's (DATABASE_URL=sqlite:///..., which it refuses) must reach
-    # neither. So it runs in a folder of its own, outside the checkout, with only what it needs.
+    # LiteLLM loads a .env found from its own install folder upwards (.venv-compat sits in the
+    # checkout) and reads settings from its environment: the project's DATABASE_URL=sqlite:///...,
+    # which it refuses, must reach it by neither door. So it runs in a folder of its own with only
+    # what it needs, and python-dotenv told not to load any file.
     folder = tempfile.TemporaryDirectory(prefix="compat-litellm-")
     for name in ("litellm.yaml", "handlers.py"):  # the config names its handler module beside it
         shutil.copy(HERE / name, folder.name)
     env = {name: os.environ[name] for name in ("PATH", "HOME", "TMPDIR", "LANG") if name in os.environ}
-    env |= {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+    env |= {"LITELLM_MASTER_KEY": key, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "PYTHON_DOTENV_DISABLED": "1"}
     log = open(Path(folder.name) / "litellm.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(
         [command, "--config", "litellm.yaml", "--host", "127.0.0.1", "--port", str(port)],
