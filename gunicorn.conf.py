@@ -18,7 +18,7 @@ def on_starting(server):
     """Bring the database up to date, and give the workers a clean directory for their metrics."""
     # In a process of its own: the master stays free of the app's imports, which the gevent
     # worker must make after it has patched the standard library.
-    migrated = subprocess.run([sys.executable, "-m", "app.db"], capture_output=True, text=True)
+    migrated = subprocess.run([sys.executable, "-m", "app.store.db"], capture_output=True, text=True)
     if migrated.returncode:
         sys.stderr.write(migrated.stderr)
         sys.exit(4)  # as when the app cannot load: the master stops instead of restarting workers

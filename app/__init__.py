@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 
 from .settings import DEFAULTS, load_settings
-from .stream import Model
+from .upstream.stream import Model
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["replies"] = Replies(app.extensions["db"], app.config)
     observability.init_app(app)
 
-    from . import chat, conversations, errors, guards, metrics, openapi, pages
+    from . import errors, guards, metrics
+    from .web import chat, conversations, openapi, pages
 
     errors.register(app)
     guards.init_app(app, chat.bp)
@@ -67,7 +68,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def open_database(url: str) -> Any:
     """Sessions on DATABASE_URL, its schema brought up to date (a no-op once the master did it)."""
-    from . import db
+    from .store import db
 
     engine = db.make_engine(url)
     db.upgrade(engine)
@@ -77,9 +78,9 @@ def open_database(url: str) -> Any:
 def build_llm(config: Mapping[str, Any]) -> Model:
     """The model the app talks to: OpenAI (or a compatible server), or the demo model."""
     if config["PROVIDER"] == "openai":
-        from .llm import OpenAILLM
+        from .upstream.llm import OpenAILLM
 
         return OpenAILLM(config)
-    from .demo import DemoLLM
+    from .upstream.demo import DemoLLM
 
     return DemoLLM(config)

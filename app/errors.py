@@ -40,12 +40,13 @@ class UpstreamError(ApiError):
 
 
 class ClientGone(ApiError):
-    """The client closed its connection before the response started: logged as 499, seen by no one."""
+    """The client closed its connection before the response started (while its body came in,
+    or before the reply's first byte): logged as 499, like nginx does, and seen by no one."""
 
     status = 499
 
-    def __init__(self) -> None:
-        super().__init__("The client closed the connection before the reply started.")
+    def __init__(self, message: str = "The client closed the connection before the reply started.") -> None:
+        super().__init__(message)
 
 
 class UpstreamTimeout(UpstreamError):

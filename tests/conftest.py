@@ -14,8 +14,7 @@ from flask.testing import FlaskClient
 from app import create_app
 from app.errors import UpstreamError
 from app.settings import DEFAULTS
-from app.stream import Delta, Usage
-from app.validation import ChatRequest
+from app.upstream.stream import ChatRequest, Delta, Usage
 
 from .fake_upstream import FakeUpstream, Script
 from .postgres import PostgresServer, PostgresUnavailable

@@ -10,8 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.errors import UpstreamTimeout
-from app.stream import Delta
-from app.validation import ChatRequest
+from app.upstream.stream import ChatRequest, Delta
 
 from .conftest import FakeLLM
 from .fake_upstream import FakeUpstream, Script

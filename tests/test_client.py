@@ -6,8 +6,8 @@ import httpx2
 import openai
 import pytest
 
-from app.client import OpenAI
-from app.llm import REQUESTS
+from app.upstream.client import OpenAI
+from app.upstream.llm import REQUESTS
 
 SETTINGS = {
     "api_key": "sk-test",

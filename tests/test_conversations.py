@@ -18,9 +18,10 @@ from sqlalchemy import Engine, event, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app import create_app, turns
-from app.models import Conversation, Message, utcnow
+from app import create_app
 from app.replies import store, worker
+from app.store import turns
+from app.store.models import Conversation, Message, utcnow
 
 from .conftest import FakeLLM
 from .fake_upstream import FakeUpstream, Script
@@ -504,7 +505,7 @@ def test_a_client_that_leaves_does_not_stop_its_reply(
     assert wait_until(lambda: messages(client, conversation_id)[-1]["status"] == "complete", timeout=5)
     assert messages(client, conversation_id)[-1]["content"] == "One two three four"
     [stream] = upstream.streams
-    assert stream.ended_by == "complete"
+    assert upstream.wait_until(lambda: stream.ended_by == "complete")  # read to its end, not hung up on
 
 
 def test_a_second_turn_while_a_reply_is_written_gets_409(client: FlaskClient, fake_llm: FakeLLM) -> None:
@@ -738,7 +739,7 @@ def test_a_rename_lands_on_the_row_as_it_is_now(
 def test_reads_take_no_write_lock_and_a_busy_database_is_a_503(
     database: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("app.db.BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr("app.store.db.BUSY_TIMEOUT_S", 0.2)
     client = create_app({"TESTING": True, "DEMO_DELAY_MS": "0"}).test_client()
     conversation_id = new_conversation(client)
     other = sqlite3.connect(database.removeprefix("sqlite:///"), isolation_level=None)
@@ -761,7 +762,7 @@ def test_reads_take_no_write_lock_and_a_busy_database_is_a_503(
 
 
 def test_ids_never_start_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
-    from app import models
+    from app.store import models
 
     made = iter(["-starts-with-a-dash-xx", "Plain_id-0123456789abc"])
     monkeypatch.setattr(models.secrets, "token_urlsafe", lambda _: next(made))

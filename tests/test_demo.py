@@ -8,10 +8,9 @@ from flask.testing import FlaskClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import demo, demo_text
-from app.demo import DemoLLM, compose, pieces
-from app.stream import Usage
-from app.validation import ChatRequest
+from app.upstream import demo, demo_text
+from app.upstream.demo import DemoLLM, compose, pieces
+from app.upstream.stream import ChatRequest, Usage
 
 FENCE = re.compile(r"```python\n(.*?)```", re.S)
 

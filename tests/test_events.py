@@ -3,10 +3,10 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from app import sse
 from app.errors import UpstreamError
-from app.events import in_band_error, retry_after
-from app.stream import Usage
+from app.upstream import sse
+from app.upstream.events import in_band_error, retry_after
+from app.upstream.stream import Usage
 
 
 @pytest.mark.parametrize(
@@ -21,7 +21,7 @@ from app.stream import Usage
     ],
 )
 def test_chat_events_of_the_wrong_shape_are_malformed(event: bytes) -> None:
-    from app.events import read_chat
+    from app.upstream.events import read_chat
 
     with pytest.raises(UpstreamError) as caught:
         list(read_chat(sse.batches([b"data: " + event + b"\n\n"])))
@@ -36,7 +36,7 @@ def test_chat_events_of_the_wrong_shape_are_malformed(event: bytes) -> None:
     ],
 )
 def test_responses_events_of_the_wrong_shape_are_handled(event: bytes) -> None:
-    from app.events import read_responses
+    from app.upstream.events import read_responses
 
     parser = read_responses(sse.batches([b"data: " + event + b"\n\n"]))
     if b"delta" in event:
@@ -50,7 +50,7 @@ def test_responses_events_of_the_wrong_shape_are_handled(event: bytes) -> None:
 
 
 def test_server_without_usage_numbers_gives_none() -> None:
-    from app.events import read_usage
+    from app.upstream.events import read_usage
 
     assert (
         read_usage({"prompt_tokens": "9", "completion_tokens": 2}, "prompt_tokens", "completion_tokens")
@@ -63,7 +63,7 @@ def test_server_without_usage_numbers_gives_none() -> None:
 
 
 def test_chat_stream_with_a_finish_but_no_done_is_complete() -> None:
-    from app.events import read_chat
+    from app.upstream.events import read_chat
 
     body = b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": "stop"}]}\n\n'
     parser = read_chat(sse.batches([body]))
@@ -91,8 +91,8 @@ def test_retry_after_is_whole_seconds(headers: dict[str, str], seconds: int) -> 
 
 
 def test_reasoning_comes_apart_from_the_answer_in_both_apis() -> None:
-    from app.events import read_chat, read_responses
-    from app.stream import Reasoning
+    from app.upstream.events import read_chat, read_responses
+    from app.upstream.stream import Reasoning
 
     chat = [
         b'data: {"choices": [{"delta": {"reasoning_content": "Hm"}}]}\n\n'

@@ -13,15 +13,15 @@ import gevent
 import gevent.socket
 import pytest
 
-from app import hangup
 from app.errors import ClientGone, UpstreamError
-from app.relay import Relay
-from app.stream import Delta
+from app.relay import hangup
+from app.relay.relay import Relay
+from app.upstream.stream import Delta
 
 
 @pytest.fixture(autouse=True)
 def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("app.hangup.POLL_MS", 50)
+    monkeypatch.setattr("app.relay.relay.hangup.POLL_MS", 50)
 
 
 @pytest.fixture
@@ -90,6 +90,12 @@ class Peeked:
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def gettimeout(self) -> float | None:
+        return self.sock.gettimeout()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
 
     def recv(self, size: int, flags: int = 0) -> bytes:
         assert flags & socket.MSG_PEEK  # the watcher never takes what the server must read
@@ -408,13 +414,14 @@ def test_the_loop_watch_leaves_a_client_whose_write_went_out_before_the_drop(
     pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server_side, client_side = pair
-    monkeypatch.setattr("app.hangup.POLL_MS", 60_000)  # no tick but the one below
+    monkeypatch.setattr("app.relay.relay.hangup.POLL_MS", 60_000)  # no tick but the one below
     source = Cancellable("a", "b")
     relay = Relay(source, started=0.0, write_timeout_s=0.3)
     relay.writes = writes = LookedAt(relay.writes.timeout_s)
     relay.watch = watch = hangup.LoopWatch(server_side, relay)
     start_writing(relay, "ab")
     relay.writes.handed_at = time.monotonic() - 1.0  # stalled at the tick...
+    monkeypatch.setattr("app.loop.evented", lambda: True)  # the drop is a greenlet, as under the worker
     watch._on_tick()
     relay.writes.handed_at = None  # ...and written before the drop ran
     gevent.idle()
@@ -457,13 +464,13 @@ def test_start_watches_from_the_loop_under_gevent_and_in_a_thread_elsewhere(
     pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server_side, client_side = pair
-    monkeypatch.setattr(hangup.monkey, "is_module_patched", lambda name: name == "socket")
+    monkeypatch.setattr(hangup, "evented", lambda: True)
     relay = Relay(Cancellable("a"), started=0.0)
     relay.open(client=server_side)
     assert isinstance(relay.watch, hangup.LoopWatch)
     relay.close()
     assert relay.watch.ended == "over"  # stopped with the reply
-    monkeypatch.setattr(hangup.monkey, "is_module_patched", lambda name: False)
+    monkeypatch.setattr(hangup, "evented", lambda: False)
     source = Cancellable("a")
     threaded = Relay(source, started=0.0)
     threaded.open(client=server_side)

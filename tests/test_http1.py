@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from app.http1 import Body
+from app.upstream.http1 import Body
 
 
 class Reads:

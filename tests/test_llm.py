@@ -7,11 +7,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from app.errors import UpstreamError
-from app.llm import OpenAILLM, Reply
 from app.settings import load_settings
-from app.sse import MAX_EVENT_BYTES
-from app.stream import Usage
-from app.validation import ChatRequest
+from app.upstream.llm import OpenAILLM, Reply
+from app.upstream.sse import MAX_EVENT_BYTES
+from app.upstream.stream import ChatRequest, Usage
 
 from .conftest import SECRET_KEY
 from .fake_upstream import FakeUpstream, Script

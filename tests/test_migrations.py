@@ -17,9 +17,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Engine, MetaData, String, inspect, text
 
 from app import create_app
-from app.db import MIGRATION_LOCK, MIGRATIONS, DatabaseError, make_engine, upgrade
-from app.models import Base
 from app.settings import DEFAULTS, SettingsError
+from app.store.db import MIGRATION_LOCK, MIGRATIONS, DatabaseError, make_engine, upgrade
+from app.store.models import Base
 
 from .postgres import free_port
 
@@ -113,10 +113,10 @@ def test_a_second_upgrade_changes_nothing(engine: Engine) -> None:
 
 
 def run_app_db(database_url: str) -> subprocess.Popen[str]:
-    """``python -m app.db`` on DATABASE_URL, as the Procfile's release line runs it."""
+    """``python -m app.store.db`` on DATABASE_URL, as the Procfile's release line runs it."""
     env = {k: v for k, v in os.environ.items() if k not in DEFAULTS}
     return subprocess.Popen(
-        [sys.executable, "-m", "app.db"],
+        [sys.executable, "-m", "app.store.db"],
         env={**env, "DATABASE_URL": database_url},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

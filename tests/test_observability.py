@@ -8,8 +8,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.demo import pieces
 from app.observability import JsonFormatter, access_text, configure_logging
+from app.upstream.demo import pieces
 
 from .conftest import SECRET_KEY, FakeLLM
 from .fake_upstream import FakeUpstream, Script

@@ -7,7 +7,8 @@ import pytest
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app import create_app, pages
+from app import create_app
+from app.web import pages
 
 
 def test_index_says_the_service_is_running(client: FlaskClient) -> None:

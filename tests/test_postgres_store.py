@@ -13,8 +13,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app import create_app
-from app.demo import compose
-from app.models import Conversation, Message
+from app.store.models import Conversation, Message
+from app.upstream.demo import compose
 
 from .conftest import Held
 from .support import sse

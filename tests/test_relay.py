@@ -9,8 +9,8 @@ from collections.abc import Generator
 import pytest
 
 from app.errors import UpstreamError
-from app.relay import Relay
-from app.stream import SLICE_S, YIELD_S, Delta, Reasoning, Usage
+from app.relay.relay import Relay
+from app.upstream.stream import SLICE_S, YIELD_S, Delta, Reasoning, Usage
 
 
 def deltas(*items: Delta, fail: bool = False) -> Generator[Delta]:
@@ -152,7 +152,7 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> list[floa
     fake_time = types.SimpleNamespace(
         perf_counter=lambda: clock[0], monotonic=time.monotonic, sleep=sleeps.append
     )
-    monkeypatch.setattr("app.stream.time", fake_time)
+    monkeypatch.setattr("app.upstream.stream.time", fake_time)
     return sleeps
 
 

@@ -21,15 +21,15 @@ from sqlalchemy import event, update
 
 from app import create_app
 from app.errors import ClientGone, UpstreamError
-from app.models import Message, utcnow
-from app.replies import store, streams, worker
+from app.replies import streams, worker
 from app.replies.feed import Feed
 from app.replies.log import INTERRUPTED, End, ReplyLog, clean, joined
 from app.replies.reader import Reader
 from app.replies.store import Stored
 from app.replies.streams import Streams
-from app.stream import Reasoning, Usage
-from app.validation import ChatRequest
+from app.store import writers
+from app.store.models import Message, utcnow
+from app.upstream.stream import ChatRequest, Reasoning, Usage
 
 from .support import free_port, sse, wait_until
 from .support.redis_server import RedisServer
@@ -891,14 +891,14 @@ def test_a_redis_that_cannot_be_reached_is_left_alone_and_said_once(caplog: pyte
 
 
 def test_a_writer_is_judged_gone_only_in_its_own_host_and_pid_namespace() -> None:
-    here = store.worker_id()
+    here = writers.worker_id()
     host, namespace, pid = here.split("/")
-    assert pid == str(os.getpid()) and not store.writer_is_gone(here)
-    assert store.writer_is_gone(f"{host}/{namespace}/{2**22 + 7}")  # no such process here
+    assert pid == str(os.getpid()) and not writers.writer_is_gone(here)
+    assert writers.writer_is_gone(f"{host}/{namespace}/{2**22 + 7}")  # no such process here
     # Another container may share the host name, but not the pid namespace: nothing is known of it.
-    assert not store.writer_is_gone(f"{host}/{int(namespace) + 1}/{2**22 + 7}")
-    assert not store.writer_is_gone(f"elsewhere/{namespace}/{2**22 + 7}")
-    assert not store.writer_is_gone(None) and not store.writer_is_gone("old-style/123")
+    assert not writers.writer_is_gone(f"{host}/{int(namespace) + 1}/{2**22 + 7}")
+    assert not writers.writer_is_gone(f"elsewhere/{namespace}/{2**22 + 7}")
+    assert not writers.writer_is_gone(None) and not writers.writer_is_gone("old-style/123")
 
 
 def test_a_client_resuming_an_older_reply_is_not_given_a_newer_one(one: tuple[FlaskClient, Paced]) -> None:

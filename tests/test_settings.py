@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from app import create_app
-from app.demo import DemoLLM
-from app.llm import OpenAILLM
 from app.settings import SettingsError, load_settings
+from app.upstream.demo import DemoLLM
+from app.upstream.llm import OpenAILLM
 
 
 def test_defaults_follow_the_spec() -> None:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import sse
-from app.sse import MAX_EVENT_BYTES
+from app.upstream import sse
+from app.upstream.sse import MAX_EVENT_BYTES
 
 
 def events(*chunks: bytes) -> list[bytes]:

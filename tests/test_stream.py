@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.stream import utf8
+from app.upstream.stream import utf8
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app import create_app
-from app.validation import MAX_TOKENS, ChatRequest, parse_chat
+from app.upstream.stream import ChatRequest
+from app.web.validation import MAX_TOKENS, parse_chat
 
 from .fake_upstream import FakeUpstream
 

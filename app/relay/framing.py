@@ -5,15 +5,31 @@ Each is a generator the WSGI server drives; the relay keeps the reply's figures 
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TYPE_CHECKING
+from collections.abc import Generator, Iterator
+from typing import Any, Protocol
 
+from ..upstream.stream import REPLACEMENT, Delta, Reasoning, TimeSlice, Usage, utf8
 from . import sse
-from .pump import PING, SILENT
-from .stream import REPLACEMENT, Delta, Reasoning, TimeSlice, utf8
+from .pump import PING, SILENT, Pump
 
-if TYPE_CHECKING:
-    from .relay import Relay
+
+class Relay(Protocol):
+    """What a framing needs of the reply it writes (the relay, which picks the framing)."""
+
+    first: Delta
+    pump: Pump | None
+    metadata: dict[str, Any]
+    ping_s: float
+    finished: bool
+
+    def texts(self) -> Iterator[str]: ...
+    def count(self, text: str) -> None: ...
+    def count_reasoning(self, text: Reasoning) -> None: ...
+    def take_usage(self, last: Delta) -> Usage | None: ...
+    def end(self, outcome: str, reason: str | None = None) -> None: ...
+    def failed(self, error: Exception) -> str | None: ...
+    def reads_source_here(self) -> bool: ...
+    def close_source(self) -> None: ...
 
 
 def stream_text(relay: Relay) -> Generator[bytes]:

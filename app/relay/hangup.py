@@ -8,7 +8,6 @@ watchers of the event loop; elsewhere a thread that polls.
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import select
 import socket
@@ -17,7 +16,8 @@ import time
 from collections.abc import Generator
 from typing import Any, Protocol
 
-from gevent import get_hub, monkey, spawn  # type: ignore[import-untyped]
+from ..loop import evented, spawn, watcher
+from ..sockets import os_socket, peek
 
 POLL_MS = 1000  # how often a stalled write is looked for (and a thread's poll lingers at the end)
 
@@ -62,9 +62,9 @@ class Writes:
 def start(client: socket.socket, reply: Watched) -> LoopWatch | None:
     """Watch ``client`` for ``reply``: from the event loop under gevent (stop it when the reply
     is over), else in a thread of its own, which lets go by itself."""
-    if monkey.is_module_patched("socket"):
+    if evented():
         return LoopWatch(client, reply)
-    _thread.start_new_thread(watch, (client, reply))
+    spawn(watch, client, reply)
     return None
 
 
@@ -82,11 +82,8 @@ class LoopWatch:
         self.client = client
         self.reply = reply
         self.ended: str | None = None  # how it ended, as ``watch`` tells it (for tests)
-        loop = get_hub().loop
-        self._readable: Any = loop.io(client.fileno(), 1)  # 1: readable
-        self._tick: Any = loop.timer(POLL_MS / 1000.0, POLL_MS / 1000.0)
-        for watcher in (self._readable, self._tick):
-            watcher.ref = False  # never what keeps the worker's loop running
+        self._readable: Any = watcher("io", client.fileno(), 1)  # 1: readable
+        self._tick: Any = watcher("timer", POLL_MS / 1000.0, POLL_MS / 1000.0)
         self._readable.start(self._on_readable)
         self._tick.start(self._on_tick)
 
@@ -166,18 +163,9 @@ def watch(client: socket.socket, reply: Watched) -> str:
 def closed(client: socket.socket) -> bool | None:
     """Has the readable ``client`` closed its end (True) or sent more (False), looked at without
     taking it or waiting on it? None when it cannot be read: only a sure hang-up may end a reply
-    early, and any other departure shows at the next write. (On a TLS socket the peek sees
-    records, so a client's close_notify reads as more: TLS belongs to the proxy in front.)"""
-    try:
-        # The OS socket under gevent's: its recv would wait for data in place of saying there
-        # is none, and a greenlet waiting on the client's socket is one too many for gunicorn.
-        return not os_socket(client).recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        return False  # nothing to read after all: not a hang-up
-    except ConnectionResetError:
-        return True
-    except (OSError, ValueError):
-        return None
+    early, and any other departure shows at the next write. (TLS belongs to the proxy in front.)"""
+    seen = peek(client)
+    return None if seen is None else seen == "closed"
 
 
 def drop(client: socket.socket) -> None:
@@ -188,8 +176,3 @@ def drop(client: socket.socket) -> None:
         # The OS socket's shutdown: gevent's would wake the waiting write with EBADF, which
         # gunicorn logs as an error with a traceback.
         os_socket(client).shutdown(socket.SHUT_RDWR)
-
-
-def os_socket(client: socket.socket) -> socket.socket:
-    """The operating system's socket: under gevent, the one its socket wraps."""
-    return getattr(client, "_sock", client)

@@ -5,13 +5,13 @@ Bounded: while the client is behind, the pump waits and the upstream is held bac
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import queue
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from .stream import Delta, Reasoning, TimeSlice
+from ..loop import spawn
+from ..upstream.stream import Delta, Reasoning, TimeSlice
 
 QUEUED_DELTAS = 16  # SSE: deltas read ahead of a slow client (also the first one, for both framings)
 HAND_OVER_POLL_S = 0.5  # how long the pump may wait on a full queue before checking the reply
@@ -42,7 +42,7 @@ class Pump:
         self.reply = reply
         self.items: queue.Queue[Delta | BaseException] = queue.Queue(maxsize=QUEUED_DELTAS)
         self.reading = True  # the pump reads the source, so only it may close it
-        _thread.start_new_thread(self._run, (keep_reading,))
+        spawn(self._run, keep_reading)
 
     def first(self, wait_s: float | None) -> Delta | BaseException:
         """The first item, or SILENT when none came within ``wait_s``."""

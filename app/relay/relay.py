@@ -12,10 +12,10 @@ import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..errors import ClientGone, UpstreamError
+from ..upstream.stream import Delta, Reasoning, Source, TimeSlice, Usage, repaired
 from . import framing, hangup
-from .errors import ClientGone, UpstreamError
 from .pump import SILENT, Pump
-from .stream import Delta, Reasoning, Source, TimeSlice, Usage, repaired
 
 if TYPE_CHECKING:
     import socket

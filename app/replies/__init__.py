@@ -4,6 +4,6 @@
 worker's replies (the ones it writes, and the ones it follows for its readers), checkpoints
 them into the database and publishes them to Redis (``streams``); ``feed`` follows a reply
 written by another worker or host; ``reader`` sends one client a reply's events, from any
-point, as plain text or Server-Sent Events. The HTTP routes are in ``app.chat`` and
-``app.conversations``.
+point, as plain text or Server-Sent Events. The HTTP routes are in ``app.web.chat`` and
+``app.web.conversations``.
 """

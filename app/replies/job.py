@@ -11,14 +11,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from ..errors import ApiError, UpstreamError
-from ..stream import Reasoning, Source, TimeSlice, Usage
+from ..upstream.stream import Reasoning, Source, TimeSlice, Usage
 from .log import INTERRUPTED, End, Event, ReplyLog, clean
-
-if TYPE_CHECKING:
-    from .worker import Replies
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +29,13 @@ class Job:
         conversation_id: str,
         message_id: str,
         source: Source,
-        replies: Replies,
+        finished: Callable[[Job, End], None],
         release: Callable[[], None] | None = None,
     ) -> None:
         self.conversation_id = conversation_id
         self.message_id = message_id
         self.source = source
-        self.replies = replies
+        self.finished = finished  # stores how the reply ended, then tells its readers
         self.release = release  # gives back the client's slot (MAX_STREAMS_PER_CLIENT) at the end
         self.log = ReplyLog()
         self.started = time.perf_counter()
@@ -56,7 +52,7 @@ class Job:
     def run(self) -> None:
         """Read the model's stream to its end (or until stopped), then have the reply stored."""
         end = self._write()
-        self.replies.finished(self, end)
+        self.finished(self, end)
 
     def stop(self, why: str = "stopped") -> None:
         """End the reply early: hang up on the model now, from any greenlet."""

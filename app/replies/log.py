@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..errors import ApiError
-from ..stream import Reasoning, Usage, utf8
+from ..upstream.stream import Reasoning, Usage, utf8
 
 Event = str | Reasoning
 

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .. import hangup, sse
 from ..errors import ApiError, ClientGone
-from ..stream import Reasoning, Usage
+from ..relay import hangup, sse
+from ..upstream.stream import Reasoning, Usage
 from .log import End, Event, ReplyLog, joined
 
 if TYPE_CHECKING:

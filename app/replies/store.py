@@ -10,19 +10,17 @@ never written again (every write here asks for ``status = 'streaming'``).
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, bindparam, false, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..db import transaction
-from ..models import Conversation, Message, utcnow
-from ..stream import Reasoning, Usage
+from ..store.db import transaction
+from ..store.models import Conversation, Message, utcnow
+from ..upstream.stream import Reasoning, Usage
 from .log import INTERRUPTED, End, Event
 
 IN_CHUNK = 500  # ids per IN (...) list: far below every database's limit on parameters
@@ -89,46 +87,6 @@ class Stored:
             usage = Usage(self.input_tokens, self.output_tokens)
         message = self.error or (INTERRUPTED if self.status == "interrupted" else None)
         return End(self.status, usage=usage, message=message)
-
-
-def worker_id() -> str:
-    """Which worker writes a reply: its host, its process-id namespace and its process (read when
-    asked: gunicorn forks). Two containers may share a host name but never a process namespace."""
-    return f"{socket.gethostname()}/{pid_namespace()}/{os.getpid()}"[:100]
-
-
-def pid_namespace() -> str:
-    """The kernel's id of this process's pid namespace ("-" where there is no /proc to tell)."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return "-"
-
-
-def writer_is_gone(writer: str | None) -> bool:
-    """Is ``writer`` a worker that no longer runs, as this host can tell? Only one in the same pid
-    namespace of the same host can be looked up; of any other nothing is known here."""
-    parts = (writer or "").split("/")
-    if len(parts) != 3 or parts[:2] != [socket.gethostname(), pid_namespace()] or parts[1] == "-":
-        return False
-    pid = parts[2]
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # it runs, as another user
-    return False
-
-
-def is_abandoned(status: str, writer: str | None, updated_at: datetime, stale_after: timedelta) -> bool:
-    """A reply still marked as being written whose worker died: gone from this host, or silent for
-    longer than ``stale_after`` (its checkpoints come every second)."""
-    if status != "streaming":
-        return False
-    return updated_at < utcnow() - stale_after or writer_is_gone(writer)
 
 
 # Built once: SQLAlchemy's building of a statement (coercions, then a cache key) cost more than

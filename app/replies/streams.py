@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 
-from ..stream import Reasoning, Usage
+from ..upstream.stream import Reasoning, Usage
 from .log import End, Event
 
 log = logging.getLogger(__name__)

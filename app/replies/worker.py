@@ -21,7 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .. import metrics
-from ..stream import Source
+from ..loop import spawn
+from ..store import writers
+from ..upstream.stream import Source
 from . import store
 from .feed import DB_POLL_S, LIVE_CHECK_S, Feed
 from .job import Job
@@ -64,7 +66,7 @@ class Replies:
         self, conversation_id: str, message_id: str, source: Source, release: Callable[[], None] | None
     ) -> Job:
         """Write the reply from ``source`` as the server's own work; ``release`` at its end."""
-        job = Job(conversation_id, message_id, source, self, release)
+        job = Job(conversation_id, message_id, source, self.finished, release)
         self.jobs[message_id] = job
         metrics.RUNNING.inc()
         spawn(job.run)
@@ -166,7 +168,7 @@ class Replies:
 
     def abandoned(self, reply: store.Stored) -> bool:
         """Has ``reply`` lost the worker writing it? (Then it is stored ``interrupted``.)"""
-        if reply.id in self.jobs or not store.is_abandoned(
+        if reply.id in self.jobs or not writers.is_abandoned(
             reply.status, reply.writer, reply.updated_at, self.stale_after
         ):
             return False
@@ -306,14 +308,14 @@ class Replies:
             self._reading = True
             spawn(self._read)
         elif wake:
-            self.streams.wake(store.worker_id())
+            self.streams.wake(writers.worker_id())
 
     def _read(self) -> None:
         """Follow, with one blocking read, every reply this worker's readers read and the stop
         requests for the replies it writes."""
         assert self.streams is not None
         streams = self.streams
-        wake_key = WAKE + store.worker_id()
+        wake_key = WAKE + writers.worker_id()
         stops = wake = None
         while self.jobs or self.feeds:
             if not streams.usable():
@@ -367,9 +369,3 @@ class Replies:
 
 def nothing() -> None:
     """Nothing to let go of."""
-
-
-def spawn(work: Callable[[], None]) -> None:
-    """Run ``work`` in a thread of its own: a greenlet under gunicorn's gevent worker, which patches
-    ``threading``. (A ``threading`` thread, not a bare ``_thread`` one, so coverage sees it.)"""
-    threading.Thread(target=work, daemon=True).start()

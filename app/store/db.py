@@ -1,6 +1,6 @@
 """The database: an engine for DATABASE_URL, and its schema brought up to date by the migrations.
 
-``python -m app.db`` applies the migrations by hand (the Procfile's ``release:`` line runs it,
+``python -m app.store.db`` applies the migrations by hand (the Procfile's ``release:`` line runs it,
 and so does gunicorn's master before it starts any worker); the app checks them at start-up
 and applies any still missing (when it runs without gunicorn: the tests, ``flask run``).
 """
@@ -21,7 +21,7 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from .settings import SettingsError
+from ..settings import SettingsError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BUSY_TIMEOUT_S = 5.0  # how long SQLite waits for another worker's write before giving up
@@ -134,10 +134,10 @@ def reason(error: SQLAlchemyError) -> str:
 
 
 def main() -> int:
-    """``python -m app.db``: bring the database in DATABASE_URL (or .env) up to date."""
+    """``python -m app.store.db``: bring the database in DATABASE_URL (or .env) up to date."""
     from dotenv import load_dotenv
 
-    from .settings import load_settings
+    from ..settings import load_settings
 
     load_dotenv()  # fills in what the environment lacks, as wsgi.py does
     import os

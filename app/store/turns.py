@@ -15,11 +15,11 @@ from typing import Any
 from sqlalchemy import bindparam, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..errors import ApiError
+from ..upstream.stream import MAX_TURNS, ChatRequest
 from .db import reading, transaction
-from .errors import ApiError
 from .models import ID_LENGTH, Conversation, Message, new_id, utcnow
-from .replies.store import is_abandoned
-from .validation import MAX_TURNS, ChatRequest
+from .writers import is_abandoned
 
 TITLE_WORDS_CHARS = 60
 ID = re.compile(rf"[A-Za-z0-9_-]{{{ID_LENGTH}}}")  # what new_id() makes

@@ -15,8 +15,7 @@ from collections.abc import Generator, Mapping, Sequence
 from typing import Any
 
 from .demo_text import CLOSING, CODE, GREETINGS, POEM_CLOSING, POEMS, SUBJECTS, Subject
-from .stream import Delta, Usage
-from .validation import ChatRequest
+from .stream import ChatRequest, Delta, Usage
 
 PIECE = re.compile(r"\s*\S+")  # a word with the white space before it: what one delta carries
 WORD = re.compile(r"[^\W\d_]+")

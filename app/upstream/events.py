@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from .errors import UpstreamError
+from ..errors import UpstreamError
 from .stream import Reasoning, Usage
 
 # Where servers say how long to wait: milliseconds, seconds, and LiteLLM's renamed header.

@@ -5,17 +5,44 @@ arrives. Errors are httpx2's own types, so the SDK maps them as it maps its own 
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import httpx2
 
-if TYPE_CHECKING:
-    from .transport import Connection
+from ..sockets import peek
 
 READ_SIZE = 1 << 16
 MAX_HEAD_BYTES = 1 << 16  # the status line and headers of one response
 MAX_LINE_BYTES = 1 << 12  # a chunk's size line, or a trailer
+
+
+class Connection:
+    """One socket to the server, with its timeout and, while idle, since when it is idle."""
+
+    __slots__ = ("idle_since", "live", "sock", "timeout")
+
+    def __init__(self, sock: socket.socket, timeout: float | None, live: set[Connection]) -> None:
+        self.sock = sock
+        self.timeout = timeout
+        self.idle_since = 0.0
+        self.live = live
+
+    def settimeout(self, timeout: float | None) -> None:
+        if timeout != self.timeout:
+            self.sock.settimeout(timeout)
+            self.timeout = timeout
+
+    def alive(self) -> bool:
+        """Is a kept-alive connection still open, and silent (nothing unasked-for waiting)?"""
+        return peek(self.sock) == "quiet"
+
+    def close(self) -> None:
+        self.live.discard(self)
+        with contextlib.suppress(OSError):
+            self.sock.close()
 
 
 class Pool(Protocol):

@@ -19,9 +19,9 @@ import httpx2
 import openai
 from openai._models import FinalRequestOptions
 
+from ..errors import UpstreamError, UpstreamTimeout
 from . import client as sdk
 from . import connections, sse, transport
-from .errors import UpstreamError, UpstreamTimeout
 from .events import (
     malformed,
     rate_limited,
@@ -31,8 +31,7 @@ from .events import (
     too_long,
     too_long_for_the_model,
 )
-from .stream import Delta
-from .validation import ChatRequest
+from .stream import ChatRequest, Delta
 
 OPENAI_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "not-needed"  # keyless local servers (Ollama, vLLM) still get a bearer header

@@ -8,7 +8,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .validation import ChatRequest
+MAX_TURNS = 200  # turns one request may send the model
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A checked chat request: the turns to send and the options for the model."""
+
+    messages: tuple[dict[str, str], ...]
+    model: str
+    instructions: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

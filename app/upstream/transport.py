@@ -21,7 +21,6 @@ direct connections come here.
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import ipaddress
 import socket
@@ -33,47 +32,9 @@ from typing import Any
 import httpx2
 
 from . import connections
-from .http1 import Body
+from .http1 import Body, Connection
 
 UNANSWERED_WITHIN_S = 0.25  # a kept-alive connection that ends this soon after a request: resent
-
-
-class Connection:
-    """One socket to the server, with its timeout and, while idle, since when it is idle."""
-
-    __slots__ = ("idle_since", "live", "sock", "timeout")
-
-    def __init__(self, sock: socket.socket, timeout: float | None, live: set[Connection]) -> None:
-        self.sock = sock
-        self.timeout = timeout
-        self.idle_since = 0.0
-        self.live = live
-
-    def settimeout(self, timeout: float | None) -> None:
-        if timeout != self.timeout:
-            self.sock.settimeout(timeout)
-            self.timeout = timeout
-
-    def alive(self) -> bool:
-        """Is a kept-alive connection still open, and silent (nothing unasked-for waiting)?"""
-        raw = getattr(self.sock, "_sock", None)  # gevent's socket wraps a non-blocking OS one
-        try:
-            if raw is not None:
-                raw.recv(1, socket.MSG_PEEK)
-            else:  # the standard library's (threads: tests, the command line), maybe TLS
-                self.sock.settimeout(0.0)
-                self.timeout = 0.0
-                socket.socket.recv(self.sock, 1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return True
-        except OSError:
-            return False
-        return False  # the server closed it, or sent something nobody asked for
-
-    def close(self) -> None:
-        self.live.discard(self)
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
 
 class Unanswered(Exception):

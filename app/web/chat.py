@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import Blueprint, Response, after_this_request, current_app, g, request
 
-from . import turns
+from ..guards import keep_slot, on_close
+from ..relay.relay import Relay
+from ..replies.reader import Reader
+from ..store import turns
+from ..store.writers import worker_id
 from .body import read_body
-from .guards import keep_slot, on_close
-from .relay import Relay
-from .replies.reader import Reader
-from .replies.store import worker_id
 from .validation import conversation_ref, parse_chat, read_json
 
 bp = Blueprint("chat", __name__, url_prefix="/api")

@@ -11,16 +11,16 @@ from flask import Blueprint, Response, after_this_request, current_app, g, reque
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from . import turns
+from ..errors import ApiError
+from ..guards import on_close
+from ..replies import store
+from ..replies.log import INTERRUPTED
+from ..replies.reader import Reader
+from ..replies.worker import Replies
+from ..store import turns, writers
+from ..store.db import reading
+from ..store.models import Conversation, Message, utcnow
 from .body import read_body
-from .db import reading
-from .errors import ApiError
-from .guards import on_close
-from .models import Conversation, Message, utcnow
-from .replies import store
-from .replies.log import INTERRUPTED
-from .replies.reader import Reader
-from .replies.worker import Replies
 from .validation import parse_conversation, read_json
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/conversations")
@@ -172,7 +172,7 @@ def replies() -> Replies:
 
 def lost(message: Message) -> bool:
     """Is ``message`` a reply still marked as being written whose worker is gone?"""
-    return store.is_abandoned(message.status, message.writer, message.updated_at, replies().stale_after)
+    return writers.is_abandoned(message.status, message.writer, message.updated_at, replies().stale_after)
 
 
 def replying(session: Session, conversation_ids: list[str]) -> set[str]:
@@ -185,7 +185,7 @@ def replying(session: Session, conversation_ids: list[str]) -> set[str]:
         )
     ).all()
     stale_after = replies().stale_after
-    return {row[0] for row in rows if not store.is_abandoned(*row[1:], stale_after)}
+    return {row[0] for row in rows if not writers.is_abandoned(*row[1:], stale_after)}
 
 
 def event_cursor() -> int | None:

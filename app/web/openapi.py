@@ -7,9 +7,10 @@ from typing import Any
 
 from flask import Blueprint, current_app
 
+from ..store.models import TITLE_CHARS
+from ..upstream.stream import MAX_TURNS
 from .conversations import CURSOR
-from .models import TITLE_CHARS
-from .validation import MAX_TOKENS, MAX_TURNS, ROLES
+from .validation import MAX_TOKENS, ROLES
 
 bp = Blueprint("openapi", __name__)
 

@@ -13,7 +13,7 @@ from flask import Blueprint, current_app, render_template, request, url_for
 bp = Blueprint("pages", __name__)
 
 RUNNING = "AI Chat API is running"
-STATIC = Path(__file__).with_name("static")
+STATIC = Path(__file__).parents[1] / "static"  # the app's, which Flask serves at /static/
 VENDOR = STATIC / "vendor" / "vendor.json"  # the pinned third-party files (make vendor)
 
 

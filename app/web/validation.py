@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .errors import ApiError
-from .models import TITLE_CHARS
+from ..errors import ApiError
+from ..store.models import TITLE_CHARS
+from ..upstream.stream import MAX_TURNS, ChatRequest
 
 ROLES = ("user", "assistant", "system")
-MAX_TURNS = 200
 MAX_TOKENS = 32768
 CONVERSATION_FIELDS = ("title", "instructions", "model")
-
-
-@dataclass(frozen=True, slots=True)
-class ChatRequest:
-    """A checked chat request: the turns to send and the options for the model."""
-
-    messages: tuple[dict[str, str], ...]
-    model: str
-    instructions: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
 
 
 class Defaults(Protocol):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from app.demo import compose, pieces
+from app.upstream.demo import compose, pieces
 
 from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script, sse
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.demo import compose, pieces
+from app.upstream.demo import compose, pieces
 
 from ..support import FakeUpstream, LiveServer, Script, fetch_many, post
 

@@ -1,8 +1,8 @@
-"""Alembic's environment: run on the connection (and in the transaction) app.db.upgrade opened."""
+"""Alembic's environment: run on the connection (and in the transaction) app.store.db.upgrade opened."""
 
 from alembic import context
 
-from app.models import Base
+from app.store.models import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -1,0 +1,1 @@
+"""What is stored: the models, the engine and its sessions, a turn's start, and the migrations."""
