@@ -17,8 +17,8 @@ from app.settings import DEFAULTS
 from app.upstream.stream import ChatRequest, Delta, Usage
 
 from .fake_upstream import FakeUpstream, Script
-from .postgres import PostgresServer, PostgresUnavailable
 from .support import SECRET_KEY
+from .support.postgres import PostgresServer, PostgresUnavailable
 from .support.redis_server import RedisServer, RedisUnavailable
 
 

@@ -37,6 +37,7 @@ class Script:
     error_code: str | None = None
     error_event: str = "error"  # Responses API: "error", or "failed" for a response.failed event
     no_headers: bool = False  # accept the request, then never answer
+    raw_response: bytes | None = None  # sent as it is in place of an answer, then the connection closes
     # Silence before the response headers: a model still loading, or a gateway (LiteLLM) that
     # sends its headers only with the first token.
     headers_delay: float = 0.0
@@ -118,14 +119,11 @@ class FakeUpstream:
     def open_streams(self) -> int:
         return sum(1 for s in self.streams if s.closed_at is None)
 
-    def wait_until(self, predicate: Any, timeout: float = 5.0) -> bool:
-        """Poll ``predicate()`` until it is true or ``timeout`` seconds pass."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.002)
-        return bool(predicate())
+    def wait_until(self, predicate: Any, timeout: float = 5.0) -> Any:
+        """``tests.support.wait.wait_until``, at hand wherever the fake is."""
+        from .support.wait import wait_until  # not at the top: tests.support imports this module
+
+        return wait_until(predicate, timeout)
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(
@@ -164,6 +162,10 @@ class FakeUpstream:
         script = self.per_model.get(body.get("model"), self.script)
         if script.no_headers:
             await reader.read(1)  # until the client gives up
+            return False
+        if script.raw_response is not None:
+            writer.write(script.raw_response)
+            await writer.drain()
             return False
         if script.status != 200:
             error = {"message": script.error_message, "type": "scripted", "code": script.error_code}

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import gevent  # type: ignore[import-untyped]
 import pytest
 
 from app import loop
 
-
-def run_loop_until(predicate: Callable[[], object], timeout: float = 2.0) -> bool:
-    """Let gevent's loop run (in this thread) until ``predicate()`` or ``timeout``."""
-    with gevent.Timeout(timeout, False):
-        while not predicate():
-            gevent.sleep(0.005)
-    return bool(predicate())
+from .support import wait_until
 
 
 def test_nothing_is_evented_until_the_worker_patches_the_process() -> None:
@@ -44,7 +37,7 @@ def test_under_gevent_a_timer_is_the_loops_and_spawn_a_greenlet(monkeypatch: pyt
     loop.Timer(0.02, fired.append, "kept")
     loop.Timer(0.1, fired.append, "witness")
     loop.spawn(fired.append, "spawned")
-    assert run_loop_until(lambda: "witness" in fired)
+    assert wait_until(lambda: "witness" in fired, timeout=2.0, sleep=gevent.sleep)
     assert fired == ["spawned", "kept", "witness"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from .postgres import PostgresServer
+from .support.postgres import PostgresServer
 
 
 @pytest.fixture

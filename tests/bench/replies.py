@@ -14,8 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from ..postgres import PostgresServer, PostgresUnavailable
 from ..support import Result, fetch, post
+from ..support.postgres import PostgresServer, PostgresUnavailable
 from ..support.redis_server import RedisServer, RedisUnavailable
 from .scenarios import Service, Upstream, checked, new_conversation, p
 

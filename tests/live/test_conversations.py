@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import requests
 
 from app.upstream.demo import compose, pieces
 
-from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script, sse
+from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script, sse, wait_until
 
 
 def new_conversation(server: LiveServer, **fields: Any) -> str:
@@ -46,18 +46,6 @@ def turn(server: LiveServer, conversation_id: str, message: str, route: str, **e
     events = sse.events(response.text)
     assert events[-1]["type"] == "done", events[-1]
     return response.status_code, "".join(e["content"] for e in events if e["type"] == "token")
-
-
-def wait_for(probe: Callable[[], Any], until: Callable[[Any], bool], timeout: float) -> Any:
-    """Call ``probe`` until ``until(value)`` holds; the last value, or an AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout} s")
-        time.sleep(0.05)
 
 
 def errors_in(log: str) -> list[str]:
@@ -190,10 +178,12 @@ def test_a_reply_whose_worker_was_killed_reads_interrupted_and_frees_the_convers
             list(chunks)
 
         def last_status() -> str:
-            return str(stored(server, conversation_id)["messages"][-1]["status"])
+            """The reply's status once it is no longer being written; "" until then."""
+            status = str(stored(server, conversation_id)["messages"][-1]["status"])
+            return "" if status == "streaming" else status
 
         # The worker is gone from this host: known as soon as the master has reaped it.
-        assert wait_for(last_status, lambda status: status != "streaming", timeout=3) == "interrupted"
+        assert wait_until(last_status, timeout=3, interval=0.05) == "interrupted"
         assert time.monotonic() - killed < 1
         status, reply = turn(server, conversation_id, "Are you there?", "json", max_tokens=3)
         assert (status, reply) == (200, "".join(pieces(compose("Are you there?"))[:3]))
@@ -214,13 +204,16 @@ def test_a_reply_whose_worker_was_killed_reads_interrupted_and_frees_the_convers
         server.stop()
 
 
-def reply_of(server: LiveServer, conversation_id: str) -> dict[str, Any]:
+def reply_of(server: LiveServer, conversation_id: str, timeout: float = 5) -> dict[str, Any]:
     """The conversation's last message once it is no longer being written."""
-    return wait_for(  # type: ignore[no-any-return]
-        lambda: stored(server, conversation_id)["messages"][-1],
-        lambda message: message["status"] != "streaming",
-        timeout=5,
-    )
+
+    def finished() -> dict[str, Any] | None:
+        message: dict[str, Any] = stored(server, conversation_id)["messages"][-1]
+        return None if message["status"] == "streaming" else message
+
+    reply = wait_until(finished, timeout, interval=0.05)
+    assert reply, f"the reply was still being written after {timeout} s"
+    return reply
 
 
 def received_text(chunks: Iterator[bytes], as_sse: bool, deltas: int) -> str:
@@ -275,11 +268,7 @@ def test_a_client_leaving_mid_reply_leaves_it_to_be_written_and_stored_whole(
     conversation_id, request_id, received, _ = leave_mid_reply(openai_server, upstream, as_sse)
     assert openai_server.wait_for_access_line(request_id)["outcome"] == "disconnected"
     assert stored(openai_server, conversation_id)["messages"][-1]["status"] == "streaming"
-    reply = wait_for(
-        lambda: stored(openai_server, conversation_id)["messages"][-1],
-        lambda r: r["status"] != "streaming",
-        15,
-    )
+    reply = reply_of(openai_server, conversation_id, timeout=15)
     whole = "".join(f"w{i} " for i in range(400))
     assert (reply["status"], reply["content"]) == ("complete", whole)
     assert whole.startswith(received)
@@ -297,9 +286,6 @@ def test_a_client_leaving_mid_reply_stops_it_when_replies_stop_with_their_client
     closed_at = upstream.streams[0].closed_at
     assert closed_at is not None and closed_at - hung_up < 1.0
     assert stopping_server.wait_for_access_line(request_id)["outcome"] == "disconnected"
-    assert wait_for(
-        lambda: reply_of(stopping_server, conversation_id), lambda r: r["status"] != "streaming", 5
-    )
     reply = reply_of(stopping_server, conversation_id)
     assert reply["status"] == "stopped"
     sent = upstream.streams[0].deltas_sent

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
+from ..soak import soak
 from ..support import SECRET_KEY, FakeUpstream, LiveServer, Script
-from ..support.soak import soak
 
 
 def rss_kb(pid: int) -> int:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,8 @@ import requests
 from prometheus_client.mmap_dict import MmapedDict
 
 from app.settings import DEFAULTS
+
+from .wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 # The upstream key every test app and server is given: a sentinel the log and response tests look for.
@@ -31,16 +32,6 @@ def procfile_command() -> str:
         if line.startswith("web:"):
             return line.split(":", 1)[1].strip()
     raise RuntimeError("Procfile has no web: line")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``predicate()`` until it is true or ``timeout`` seconds pass; its last answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
 
 
 def free_port() -> int:
@@ -136,13 +127,19 @@ class LiveServer:
         return found
 
     def wait_for_access_line(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            lines = self.access_lines(request_id)
-            if lines:
-                return lines[0]
-            time.sleep(0.01)
-        raise AssertionError(f"no access line for {request_id}:\n{self.log_text()[-3000:]}")
+        """The first access line for ``request_id``, once it is written."""
+        lines = wait_until(lambda: self.access_lines(request_id), timeout)
+        if not lines:
+            raise AssertionError(f"no access line for {request_id}:\n{self.log_text()[-3000:]}")
+        return lines[0]
+
+    def settled_access_lines(self, request_id: str) -> list[dict[str, Any]]:
+        """The access lines for ``request_id`` once a later request's own line is in the log: one
+        worker serves both, so a line it still owed the first would be there by then."""
+        marker = f"after-{time.monotonic_ns()}"
+        requests.get(f"{self.url}/healthz", headers={"X-Request-ID": marker}, timeout=5)
+        self.wait_for_access_line(marker)
+        return self.access_lines(request_id)
 
     def stop(self) -> None:
         if self.process.poll() is None:

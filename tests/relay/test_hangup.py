@@ -7,7 +7,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 
 import gevent
 import gevent.socket
@@ -17,6 +17,8 @@ from app.errors import ClientGone, UpstreamError
 from app.relay import hangup
 from app.relay.relay import Relay
 from app.upstream.stream import Delta
+
+from ..support import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -287,18 +289,11 @@ def test_a_client_leaving_before_the_response_started_is_a_499(
     assert time.monotonic() - started < 1.0  # when the client left, not when the wait ran out
     assert caught.value.status == 499
     assert (relay.outcome, relay.reason) == ("disconnected", None)
+    relay.close()  # as the server does once the 499 went out (or could not)
     assert source.closed.wait(1.0)
 
 
 # The event loop's watcher (gevent's worker): driven here by running gevent's loop in the test.
-
-
-def run_loop_until(predicate: Callable[[], object], timeout: float = 2.0) -> bool:
-    """Let gevent's loop run until ``predicate()`` is true or ``timeout`` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        gevent.sleep(0.01)
-    return bool(predicate())
 
 
 def loop_watched(
@@ -318,7 +313,7 @@ def test_the_loop_watch_hangs_up_when_the_client_does(pair: tuple[socket.socket,
     relay = Relay(source, started=0.0)
     watch = hangup.LoopWatch(server_side, relay)
     client_side.close()
-    assert run_loop_until(source.cancelled.is_set)
+    assert wait_until(source.cancelled.is_set, timeout=2.0, sleep=gevent.sleep)
     assert watch.ended == "gone"
     assert relay.client_gone and relay.outcome == "disconnected"
     relay.close()
@@ -330,7 +325,8 @@ def test_the_loop_watch_leaves_a_pipelined_request_for_the_server(
     server_side, client_side = pair
     source, relay, client, watch = loop_watched(server_side)
     client_side.sendall(b"GET /next HTTP/1.1\r\n")
-    assert run_loop_until(client.read.is_set)  # it saw the bytes and peeked at them
+    # It saw the bytes and peeked at them.
+    assert wait_until(client.read.is_set, timeout=2.0, sleep=gevent.sleep)
     # After a pipelined request a hang-up no longer shows: the socket is no longer watched,
     # only the stall clock ticks on.
     assert not watch._readable.active and watch._tick.active
@@ -351,7 +347,8 @@ def test_the_loop_watch_stops_when_the_reply_closes(pair: tuple[socket.socket, s
     relay.open()
     body = iter(relay)
     assert next(body) == b"a"
-    assert run_loop_until(lambda: writes.looks >= 2)  # ticks while the server writes
+    # It ticks while the server writes.
+    assert wait_until(lambda: writes.looks >= 2, timeout=2.0, sleep=gevent.sleep)
     assert watch.ended is None
     assert list(body) == []
     relay.close()
@@ -372,7 +369,7 @@ def test_the_loop_watch_lets_go_of_a_reply_that_ended_without_a_close(
     watch = hangup.LoopWatch(server_side, relay)
     relay.open()
     assert list(relay) == [b"a"]  # over, as far as the server tells, but not closed
-    assert run_loop_until(lambda: watch.ended)  # at the next tick
+    assert wait_until(lambda: watch.ended, timeout=2.0, sleep=gevent.sleep)  # at the next tick
     assert watch.ended == "over"
 
 
@@ -385,7 +382,7 @@ def test_the_loop_watch_drops_a_client_that_takes_nothing(
     relay = Relay(source, started=0.0, framing=framing, write_timeout_s=0.3)
     watch = hangup.LoopWatch(server_side, relay)
     start_writing(relay, "ab")
-    assert run_loop_until(source.cancelled.is_set)
+    assert wait_until(source.cancelled.is_set, timeout=2.0, sleep=gevent.sleep)
     assert watch.ended == "client_stalled"
     assert_dropped(relay, server_side)
 
@@ -441,7 +438,7 @@ def test_the_loop_watch_does_not_peek_once_the_reply_is_over(
     relay.open()
     assert list(relay) == [b"a"]  # over, as far as the server tells
     client_side.sendall(b"GET /next HTTP/1.1\r\n")  # the next request: the server's to read
-    assert run_loop_until(lambda: watch.ended)
+    assert wait_until(lambda: watch.ended, timeout=2.0, sleep=gevent.sleep)
     assert watch.ended == "over" and not client.read.is_set() and not source.cancelled.is_set()
     watch._peek()  # a peek spawned just before the reply ended looks no further
     assert not client.read.is_set()
@@ -454,7 +451,7 @@ def test_the_loop_watch_takes_an_unreadable_socket_for_no_hang_up(
     server_side, client_side = pair
     source, relay, client, watch = loop_watched(server_side, fail=True)
     client_side.sendall(b"x")  # readable, and then the read fails
-    assert run_loop_until(lambda: watch.ended)
+    assert wait_until(lambda: watch.ended, timeout=2.0, sleep=gevent.sleep)
     assert watch.ended == "unreadable" and client.read.is_set()
     assert not source.cancelled.is_set() and not relay.client_gone
     relay.close()

@@ -1,4 +1,4 @@
-"""The soak (``python -m tests.soak``): many mixed streams through one gevent worker.
+"""The soak (``python -m tests.soak``, ``make soak``): many mixed streams through one gevent worker.
 
 A quarter complete as plain text, a quarter as SSE, a quarter are left by their client
 after the first chunk, and a quarter meet a failing upstream (a cut mid-stream, or an
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..fake_upstream import FakeUpstream, Script
-from .server import SECRET_KEY, LiveServer
+from ..support import SECRET_KEY, LiveServer, wait_until
 
 KINDS = ("text", "sse", "leave", "fail")
 WORDS = [f" w{i}" for i in range(20)]
@@ -42,7 +42,7 @@ class Soak:
                 "LOG_LEVEL": "WARNING",
                 "CHAT_STATE_FILE": str(self.state),
             },
-            config=Path(__file__).with_name("soak_gunicorn.py"),
+            config=Path(__file__).with_name("gunicorn_conf.py"),
         )
 
     def stop(self) -> None:
@@ -54,9 +54,7 @@ class Soak:
         state = Path(f"{self.state}.{pid}")
         state.unlink(missing_ok=True)
         os.kill(pid, signal.SIGUSR2)
-        deadline = time.monotonic() + 5
-        while not state.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(state.exists, timeout=5, interval=0.02)  # written by the worker's signal handler
         with open(f"/proc/{pid}/status") as status:
             rss_kb = next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
         ss = subprocess.run(

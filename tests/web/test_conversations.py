@@ -23,9 +23,9 @@ from app.replies import store, worker
 from app.store import turns
 from app.store.models import Conversation, Message, utcnow
 
-from .conftest import FakeLLM
-from .fake_upstream import FakeUpstream, Script
-from .support import sse, wait_until
+from ..conftest import FakeLLM
+from ..fake_upstream import FakeUpstream, Script
+from ..support import sse, wait_until
 
 SSE = {"Accept": "text/event-stream"}
 FRAMINGS = {

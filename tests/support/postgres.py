@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from contextlib import suppress
@@ -15,6 +14,8 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from .server import free_port
 
 SUPERUSER = "postgres"
 # Anyone on loopback or the socket may connect as anyone: the cluster holds nothing but test data.
@@ -44,12 +45,6 @@ def find_bin_dir(root: Path = Path("/usr/lib/postgresql")) -> Path:
             "PostgreSQL is not installed (make test installs Debian's postgresql as root)"
         )
     return max(found, key=lambda bin_dir: [int(n) for n in bin_dir.parent.name.split(".") if n.isdigit()])
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def unprivileged_user() -> pwd.struct_passwd | None:

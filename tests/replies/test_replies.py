@@ -31,8 +31,8 @@ from app.store import writers
 from app.store.models import Message, utcnow
 from app.upstream.stream import ChatRequest, Reasoning, Usage
 
-from .support import free_port, sse, wait_until
-from .support.redis_server import RedisServer
+from ..support import free_port, sse, wait_until
+from ..support.redis_server import RedisServer
 
 SSE = {"Accept": "text/event-stream"}
 END: Any = object()

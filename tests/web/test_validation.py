@@ -13,7 +13,7 @@ from app import create_app
 from app.upstream.stream import ChatRequest
 from app.web.validation import MAX_TOKENS, parse_chat
 
-from .fake_upstream import FakeUpstream
+from ..fake_upstream import FakeUpstream
 
 ROUTES = ["/api/chat", "/api/chat/stream"]
 USER = {"role": "user", "content": "hi"}

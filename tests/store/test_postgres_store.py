@@ -16,8 +16,8 @@ from app import create_app
 from app.store.models import Conversation, Message
 from app.upstream.demo import compose
 
-from .conftest import Held
-from .support import sse
+from ..conftest import Held
+from ..support import sse
 
 BUSY = "A reply in this conversation is still being written; wait for it to finish."
 

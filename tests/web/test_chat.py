@@ -12,8 +12,8 @@ from flask.testing import FlaskClient
 from app.errors import UpstreamTimeout
 from app.upstream.stream import ChatRequest, Delta
 
-from .conftest import FakeLLM
-from .fake_upstream import FakeUpstream, Script
+from ..conftest import FakeLLM
+from ..fake_upstream import FakeUpstream, Script
 
 ROUTES = ["/api/chat", "/api/chat/stream"]
 ASK = {"message": "Say hello"}

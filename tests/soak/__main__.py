@@ -1,12 +1,12 @@
 """``python -m tests.soak [--streams N]``: many mixed streams through one gevent worker, for
-leaks (see ``tests/support/soak.py``)."""
+leaks (see ``tests/soak/__init__.py``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .support.soak import soak
+from . import soak
 
 
 def main() -> None:

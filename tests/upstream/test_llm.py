@@ -12,8 +12,8 @@ from app.upstream.llm import OpenAILLM, Reply
 from app.upstream.sse import MAX_EVENT_BYTES
 from app.upstream.stream import ChatRequest, Usage
 
-from .conftest import SECRET_KEY
-from .fake_upstream import FakeUpstream, Script
+from ..conftest import SECRET_KEY
+from ..fake_upstream import FakeUpstream, Script
 
 HISTORY = (
     {"role": "user", "content": "Name a colour."},
@@ -133,12 +133,16 @@ def test_a_cancel_before_the_request_is_sent_sends_nothing(
     make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream
 ) -> None:
     upstream.script = Script(deltas=["a"] * 100, delay=0.05)
-    reply = make_llm().stream(FULL)
+    llm = make_llm()
+    reply = llm.stream(FULL)
     reply.cancel()  # nothing is connected yet: the connection is shut as soon as it is made
     with pytest.raises(UpstreamError):
         next(iter(reply))
-    time.sleep(0.1)
-    assert (upstream.requests, upstream.streams) == ([], [])
+    # A later reply from the same client, read to its end: had the cancelled request been sent,
+    # the model would have seen it by now.
+    upstream.script = Script()
+    assert list(llm.stream(FULL))[-1] == Usage(9, 4)
+    assert (len(upstream.requests), len(upstream.streams)) == (1, 1)  # the later reply's alone
 
 
 @pytest.mark.parametrize("reused", [False, True], ids=["new-connection", "kept-alive-connection"])

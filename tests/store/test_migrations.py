@@ -21,7 +21,7 @@ from app.settings import DEFAULTS, SettingsError
 from app.store.db import MIGRATION_LOCK, MIGRATIONS, DatabaseError, make_engine, upgrade
 from app.store.models import Base
 
-from .postgres import free_port
+from ..support import free_port
 
 TABLES = {"alembic_version", "conversations", "messages"}
 
