@@ -137,6 +137,8 @@ def send_writes_at_once():
     before every write, to cut big data into pieces; a streamed reply's chunks are small,
     and ``send`` takes them whole in one system call. A socket that is full waits in
     ``send`` and then ``sendall`` as before: what the client receives is the same bytes.
+    gunicorn has no setting for this: its ``util.write`` and ``util.write_chunk`` are replaced,
+    and tests/test_contracts.py checks that gunicorn still writes through them.
     """
     from gunicorn import util
 
@@ -165,6 +167,7 @@ def close_idle_connections_on_exit(worker):
     graceful timeout. Here each such wait is remembered, and SIGTERM ends them all: the timeout
     fires early, gunicorn sees no request and closes the connection. Replies in flight are not
     waits: they still get the graceful timeout, and their connection closes when they end.
+    The worker's ``timeout_ctx`` is replaced: tests/test_contracts.py checks gunicorn still waits in it.
     """
     import signal
 

@@ -129,3 +129,41 @@ def test_the_wait_for_the_first_delta_is_checked_at_start_up(make_openai_app: Ca
         SettingsError, match=r"FIRST_DELTA_WAIT_S must be a number from 0 to 3600; got 'soon'\."
     ):
         make_openai_app(FIRST_DELTA_WAIT_S="soon")
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\n{}",
+            "The model sent an event that could not be read.",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+            b"content-length: 20\r\ncontent-length: 30\r\n\r\ndata: [DONE]\n\n",
+            "The model sent an event that could not be read.",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            b"+e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
+            "The model sent an event that could not be read.",
+        ),
+        (  # a good answer whose connection then closes: read to its end, it counts
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"
+            b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+            b'"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}\n\ndata: [DONE]\n\n',
+            None,
+        ),
+    ],
+    ids=["status", "two-lengths", "chunk-size", "until-close"],
+)
+def test_an_answer_that_breaks_the_http_grammar_is_a_502_sent_once(
+    make_openai_app: Callable[..., Flask], upstream: FakeUpstream, raw: bytes, message: str | None
+) -> None:
+    upstream.script = Script(raw_response=raw)
+    response = make_openai_app().test_client().post("/api/chat", json=ASK)
+    if message is None:
+        assert (response.status_code, response.get_json()["reply"]) == (200, "Hi")
+    else:
+        assert (response.status_code, response.get_json()["error"]) == (502, message)
+    assert len(upstream.requests) == 1  # never sent again

@@ -11,17 +11,22 @@ authenticates, retries, sends and maps errors; a request of any other shape than
 
 A reply whose client has left is not sent again: its send ends in ``connections.HungUp``,
 which the SDK does not retry, whether the hang-up came before the send or broke it.
+
+The SDK offers no public door for either: the methods it calls for each request
+(``_build_request``, ``_send_request``), what the template reads to know a request is plain
+(``_provider_runtime``, ``_api_key_provider``, ``_idempotency_header``) and its request options
+(``openai._models.FinalRequestOptions``) are private names, each checked by
+tests/test_contracts.py, which names the hook and the SDK's release when one changes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Unpack
+import json
+from typing import Any
 
 import httpx2
 import openai
 from openai._models import FinalRequestOptions
-from openai._types import HttpxSendArgs, NotGiven
-from openai._utils._json import openapi_dumps
 
 from . import connections
 
@@ -46,7 +51,7 @@ class OpenAI(openai.OpenAI):
             and self._provider_runtime is None
             and self._api_key_provider is None  # a key that can change is read per request
             and self._idempotency_header is None  # a key per request would be frozen in the template
-            and isinstance(options.timeout, NotGiven)  # the client's timeout, the same for every request
+            and isinstance(options.timeout, openai.NotGiven)  # the client's, the same for every request
         )
         headers = tuple(options.headers.items()) if options.headers else ()
         if not plain or not all(type(value) is str for _, value in headers):
@@ -60,7 +65,7 @@ class OpenAI(openai.OpenAI):
             )
             del template.headers["Content-Length"]
             self._templates[key] = template
-        content = openapi_dumps(body)
+        content = dumps(body)
         # A stream, not content: httpx2 would look every header up again to add the ones the
         # template has (and decode them all to learn their encoding, which the template knows).
         request = httpx2.Request(
@@ -72,9 +77,7 @@ class OpenAI(openai.OpenAI):
         request.read()
         return request
 
-    def _send_request(
-        self, request: httpx2.Request, *, stream: bool, **kwargs: Unpack[HttpxSendArgs]
-    ) -> httpx2.Response:
+    def _send_request(self, request: httpx2.Request, *, stream: bool, **kwargs: Any) -> httpx2.Response:
         if connections.hung_up():
             raise connections.HungUp  # the client left while the SDK waited to retry
         try:
@@ -83,3 +86,8 @@ class OpenAI(openai.OpenAI):
             if connections.hung_up():
                 raise connections.HungUp from None  # the hang-up broke the send: no retry
             raise
+
+
+def dumps(body: object) -> bytes:
+    """A request's JSON as the SDK writes it (httpx's settings), for the plain values ``llm`` sends."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()

@@ -113,8 +113,11 @@ class Backend(httpcore2.NetworkBackend):
 def track(client: httpx2.Client) -> httpx2.Client:
     """Put a new client's pools (its own, and those for the environment's proxies) on the
     wrapped backend; each pool hands it to every connection it makes."""
-    # httpx2 takes no backend, and a transport of our own would drop the environment's
-    # proxies: so the backend is swapped in before any connection exists.
+    # httpcore2's pools take a backend only when they are built, and httpx2's transports build
+    # theirs without one: so it is swapped in before any connection exists, through private
+    # names (the client's _transport and _mounts, a transport's _pool, a pool's
+    # _network_backend), each one checked by tests/test_contracts.py. Proxied requests only:
+    # direct ones go through ``transport.Transport``, mounted by the public door.
     for transport in (client._transport, *client._mounts.values()):
         pool = getattr(transport, "_pool", None)
         if pool is not None:

@@ -1,6 +1,10 @@
-"""One HTTP/1.1 response read off a connection to the model server: its head, then its body
-as its framing says (chunked, a length, or until the server closes), each chunk's data as it
-arrives. Errors are httpx2's own types, so the SDK maps them as it maps its own transport's.
+"""One HTTP/1.1 response read off a connection to the model server: its head, then its body as
+its framing says (chunked, a length, or until the server closes), each piece of data as it arrives.
+
+The bytes are parsed by llhttp (Node's parser, through ``httptools``), which holds to the HTTP
+grammar: a malformed status line, header, chunk size or length, or two Content-Length headers, is
+``Malformed`` (one of httpx2's protocol errors), never a guess. Errors are httpx2's own types, so
+the SDK maps them as it maps its own transport's; the client gets an upstream error (502).
 """
 
 from __future__ import annotations
@@ -10,13 +14,18 @@ import socket
 from collections.abc import Iterator
 from typing import Protocol
 
+import httptools
 import httpx2
 
 from ..sockets import peek
 
 READ_SIZE = 1 << 16
 MAX_HEAD_BYTES = 1 << 16  # the status line and headers of one response
-MAX_LINE_BYTES = 1 << 12  # a chunk's size line, or a trailer
+NO_BODY = (204, 304)
+
+
+class Malformed(httpx2.RemoteProtocolError):
+    """The server's bytes break the HTTP grammar: what it meant is not guessed."""
 
 
 class Connection:
@@ -52,7 +61,10 @@ class Pool(Protocol):
 
 
 class Body(httpx2.SyncByteStream):
-    """One response: its head, then its body as it arrives (each chunk's data as it comes)."""
+    """One response: its head, then its body as it arrives (each piece of data as it comes).
+
+    The parser calls back ``on_*`` as it reads; what it found waits here until asked for.
+    """
 
     def __init__(
         self,
@@ -67,13 +79,44 @@ class Body(httpx2.SyncByteStream):
         self.connection: Connection | None = connection
         self.request = request
         self.read_timeout = read_timeout
-        self.buffer = b""
-        self.framing = "close"  # "chunked", "length", "empty" or "close" (until the server closes)
-        self.length = 0
+        self.parser = httptools.HttpResponseParser(self)
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
+        self.head_bytes = 0
+        self.pieces: list[bytes] = []
+        self.complete = False  # the parser read the whole message
+        self.until_close = False  # the body ends when the server closes
         self.reusable = False
-        self.http11 = True
-        self.done = False
+        self.done = False  # the body was read to its end
         self.received = False  # any byte of the answer
+        self.reset = False  # the server reset the connection (it discarded what it had not read)
+        self.failure: Malformed | None = None  # the body broke the grammar past this point
+
+    # The parser's callbacks.
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # informational (103 Early Hints): read past
+            self.reason, self.headers = b"", []
+            return
+        names = {name.lower(): value for name, value in self.headers}
+        chunked = names.get(b"transfer-encoding", b"").rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        self.until_close = status not in NO_BODY and not chunked and b"content-length" not in names
+        self.reusable = self.parser.should_keep_alive() and not self.until_close
+        self.head = (status, self.reason, self.headers)
+
+    def on_body(self, data: bytes) -> None:
+        self.pieces.append(data)
+
+    def on_message_complete(self) -> None:
+        if self.head is not None:
+            self.complete = True
 
     def recv(self) -> bytes:
         connection = self.connection
@@ -82,142 +125,73 @@ class Body(httpx2.SyncByteStream):
         connection.settimeout(self.read_timeout)
         try:
             data = connection.sock.recv(READ_SIZE)
-            self.received = self.received or bool(data)
-            return data
         except TimeoutError as error:
             raise httpx2.ReadTimeout(str(error) or "read timed out", request=self.request) from None
         except OSError as error:
+            self.reset = isinstance(error, ConnectionResetError)
             raise httpx2.ReadError(str(error) or type(error).__name__, request=self.request) from None
+        self.received = self.received or bool(data)
+        return data
+
+    def feed(self, data: bytes) -> None:
+        if self.complete or self.failure is not None:  # past the response's end: the connection goes
+            self.reusable = False
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise self.protocol_error("The server switched protocols.") from None
+        except httptools.HttpParserError as error:
+            if self.complete:  # what follows the response is not one: the connection is not kept
+                self.reusable = False
+                return
+            failure = Malformed(f"Malformed response: {error}.", request=self.request)
+            if self.head is None:
+                raise failure from None
+            # A body that breaks after a good head breaks where it is read, after what came before
+            # it: the caller has the response by then (the SDK sends nothing again).
+            self.failure, self.reusable = failure, False
 
     def read_head(self, head_request: bool) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        while True:
-            status, reason, headers = self._one_head()
-            if not 100 <= status < 200:
-                break  # an informational response (103 Early Hints) is read past
-        names = {name.lower(): value for name, value in headers}
-        connection = names.get(b"connection", b"").lower()
-        self.reusable = self.http11 and b"close" not in connection
-        encoding = names.get(b"transfer-encoding", b"").lower()
-        if head_request or status in (204, 304):
-            self.framing = "empty"
-        elif encoding:
-            if not encoding.endswith(b"chunked"):
-                self.framing, self.reusable = "close", False
-            else:
-                self.framing = "chunked"
-        elif b"content-length" in names:
-            try:
-                self.length = int(names[b"content-length"])
-            except ValueError:
-                raise self.protocol_error("Invalid Content-Length.") from None
-            if self.length < 0:
-                raise self.protocol_error("Invalid Content-Length.")
-            self.framing = "length"
-        else:
-            self.reusable = False
-        return status, reason, headers
-
-    def _one_head(self) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
-            if len(self.buffer) > MAX_HEAD_BYTES:
-                raise self.protocol_error("The response head is too long.")
+        while self.head is None:
             data = self.recv()
             if not data:
                 raise self.protocol_error("Server disconnected without sending a response.")
-            self.buffer += data
-        head, self.buffer = self.buffer[:end], self.buffer[end + 4 :]
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        try:
-            version, status = parts[0], int(parts[1])
-        except (IndexError, ValueError):
-            raise self.protocol_error("Invalid status line.") from None
-        if not version.startswith(b"HTTP/1.") or not 100 <= status <= 999:
-            raise self.protocol_error("Invalid status line.")
-        self.http11 = version == b"HTTP/1.1"
-        headers = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip():
-                raise self.protocol_error("Invalid header line.")
-            headers.append((name, value.strip(b" \t")))
-        return status, parts[2] if len(parts) > 2 else b"", headers
+            self.head_bytes += len(data)
+            self.feed(data)
+            if self.head is None and self.head_bytes > MAX_HEAD_BYTES:
+                raise self.protocol_error("The response head is too long.")
+        if head_request:  # the parser cannot be told a HEAD's answer has no body: the head is all
+            self.pieces, self.complete, self.reusable = [], True, False
+        return self.head
 
     def protocol_error(self, message: str) -> httpx2.RemoteProtocolError:
         return httpx2.RemoteProtocolError(message, request=self.request)
 
     def __iter__(self) -> Iterator[bytes]:
-        if self.framing == "chunked":
-            yield from self._chunked()
-        elif self.framing == "length":
-            yield from self._sized()
-        elif self.framing == "close":
-            yield from self._until_close()
+        while True:
+            if self.pieces:
+                pieces, self.pieces = self.pieces, []
+                yield from pieces
+            if self.failure is not None:
+                raise self.failure
+            if self.complete:
+                break
+            data = self.recv()
+            if not data:
+                if self.until_close:
+                    break
+                raise self.protocol_error("peer closed connection without sending complete message body")
+            self.feed(data)
         self.done = True
         self.close()
-
-    def _more(self) -> None:
-        data = self.recv()
-        if not data:
-            raise self.protocol_error("peer closed connection without sending complete message body")
-        self.buffer += data
-
-    def _line(self) -> bytes:
-        while (end := self.buffer.find(b"\r\n")) < 0:
-            if len(self.buffer) > MAX_LINE_BYTES:
-                raise self.protocol_error("A chunk's size line is too long.")
-            self._more()
-        line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
-        return line
-
-    def _chunked(self) -> Iterator[bytes]:
-        """Each chunk's data as it arrives (as h11 gives it: a chunk is never joined to the next)."""
-        while True:
-            try:
-                size = int(self._line().split(b";", 1)[0], 16)
-            except ValueError:
-                raise self.protocol_error("Invalid chunk size.") from None
-            if size < 0:
-                raise self.protocol_error("Invalid chunk size.")
-            if size == 0:
-                while self._line():  # trailers, up to the empty line
-                    pass
-                return
-            while size:
-                if not self.buffer:
-                    self._more()
-                piece = self.buffer[:size]
-                self.buffer = self.buffer[size:]
-                size -= len(piece)
-                yield piece
-            while len(self.buffer) < 2:
-                self._more()
-            if self.buffer[:2] != b"\r\n":
-                raise self.protocol_error("A chunk does not end where its size says.")
-            self.buffer = self.buffer[2:]
-
-    def _sized(self) -> Iterator[bytes]:
-        left = self.length
-        while left:
-            if not self.buffer:
-                self._more()
-            piece, self.buffer = self.buffer[:left], self.buffer[left:]
-            left -= len(piece)
-            yield piece
-
-    def _until_close(self) -> Iterator[bytes]:
-        if self.buffer:
-            yield self.buffer
-            self.buffer = b""
-        while data := self.recv():
-            yield data
 
     def close(self) -> None:
         """Keep the connection for the next request if the body was read to its end; else close it."""
         connection, self.connection = self.connection, None
         if connection is None:
             return
-        if not (self.done and self.reusable and not self.buffer):
+        if not (self.done and self.reusable):
             connection.close()
             connection = None
         self.pool.release(self.key, connection)

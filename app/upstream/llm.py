@@ -21,7 +21,7 @@ from openai._models import FinalRequestOptions
 
 from ..errors import UpstreamError, UpstreamTimeout
 from . import client as sdk
-from . import connections, sse, transport
+from . import connections, http1, sse, transport
 from .events import (
     malformed,
     rate_limited,
@@ -106,8 +106,8 @@ class OpenAILLM:
             # The read timeout bounds the silence between two chunks, not the whole reply.
             timeout=httpx2.Timeout(timeout, connect=timeout),
             max_retries=config["OPENAI_MAX_RETRIES"],
-            http_client=transport.client_transport(
-                connections.track(openai.DefaultHttpxClient(limits=limits, verify=tls)), direct
+            http_client=connections.track(
+                openai.DefaultHttpxClient(limits=limits, verify=tls, mounts=transport.mounts(direct))
             ),
         )
         # The SDK builds its platform headers on first use, and that runs `uname` in a
@@ -150,7 +150,7 @@ class OpenAILLM:
                 response.close()
         except connections.HungUp:
             raise UpstreamError("The client left before the model answered.", reason="client_gone") from None
-        except sse.EventTooLong:
+        except (sse.EventTooLong, http1.Malformed):
             raise malformed() from None
         except openai.APIError as error:
             raise from_sdk_error(error, chat.model) from None
@@ -206,6 +206,8 @@ def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
     # The provider's own message can quote part of our key, so only its status is passed on.
     if isinstance(error, openai.APITimeoutError):
         return UpstreamTimeout("The model did not answer in time.", reason="upstream_timeout")
+    if isinstance(error, openai.APIConnectionError) and isinstance(error.__cause__, http1.Malformed):
+        return malformed()  # the head of its answer broke the HTTP grammar
     if isinstance(error, openai.APIConnectionError):
         return UpstreamError("The model service could not be reached.", reason="upstream_unreachable")
     if isinstance(error, openai.RateLimitError):

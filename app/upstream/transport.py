@@ -8,14 +8,20 @@ does not (measured with the paced 1,000-stream benchmark, one gevent worker):
   with ``select.poll`` (under gevent a round-trip through the hub each): the one connection
   taken is checked with a non-blocking peek, a plain system call;
 - no per-read ``settimeout``: a connection's timeout changes only when the value does;
-- the response is read by hand (``http1``: each chunk's data comes out as it arrives, as with h11);
+- the response is parsed by llhttp (``http1``, through ``httptools``), each chunk's data coming out
+  as it arrives, as with h11: measured per chunk of a Chat Completions stream, 0.24 µs, where h11
+  took 11 µs (a third of what the whole relay spends on a delta) and hand parsing 1.4 µs;
 - no resolver thread for a numeric host.
 
 Each request hands its socket to the reply that sends it (``connections.sending``) before
 a byte is written, so the reply can hang up before the model's headers. Errors are
 httpx2's own types, so the SDK and ``llm`` map them as they map httpx2's transport's. The
-environment's proxies still go through the SDK client's proxy transports (see ``llm``); only
-direct connections come here.
+environment's proxies still go through the SDK client's proxy transports; only direct
+connections come here (``mounts``, httpx2's public door for a transport of one's own).
+
+A request is sent again, once, on a new connection only when the server cannot have read it
+(``unread``): a kept-alive connection whose write failed, or that the server reset at once,
+before any byte of an answer. One the server read and then closed is never sent twice.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import httpx2
@@ -34,7 +41,7 @@ import httpx2
 from . import connections
 from .http1 import Body, Connection
 
-UNANSWERED_WITHIN_S = 0.25  # a kept-alive connection that ends this soon after a request: resent
+UNANSWERED_WITHIN_S = 0.25  # a kept-alive connection reset this soon after a request: resent
 
 
 class Unanswered(Exception):
@@ -132,11 +139,7 @@ class Transport(httpx2.BaseTransport):
             status, reason, headers = body.read_head(request.method == "HEAD")
         except (httpx2.WriteError, httpx2.ReadError, httpx2.RemoteProtocolError) as error:
             body.close()
-            # Sent again only when the server cannot have started on it: the write failed, or
-            # the connection ended at once after it (a close that crossed the request). A
-            # server that fails later may have worked on it (a model thinking): not twice.
-            at_once = written is None or time.monotonic() - written < UNANSWERED_WITHIN_S
-            if reused and not body.received and at_once:
+            if reused and not body.received and unread(written, body.reset):
                 raise Unanswered(error) from None
             raise
         except BaseException:
@@ -217,6 +220,18 @@ class Transport(httpx2.BaseTransport):
             connection.close()
 
 
+def unread(written: float | None, reset: bool) -> bool:
+    """Can the server not have read a request that failed before any byte of an answer?
+
+    Yes when the write itself failed, or when the server reset the connection at once: a socket
+    closed with bytes it never read is reset by the kernel, which is how a kept-alive connection
+    whose idle timeout crossed the request ends. A connection the server ends cleanly (it read
+    the request, then closed), or that fails later, may have had a model start on the request:
+    it is not sent twice here (the SDK's own retries, ``OPENAI_MAX_RETRIES``, still apply).
+    """
+    return written is None or (reset and time.monotonic() - written < UNANSWERED_WITHIN_S)
+
+
 @functools.lru_cache(maxsize=64)
 def numeric_family(host: str) -> socket.AddressFamily | None:
     """AF_INET or AF_INET6 for an IP address, None for a name to resolve."""
@@ -227,9 +242,8 @@ def numeric_family(host: str) -> socket.AddressFamily | None:
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
 
 
-def client_transport(client: httpx2.Client, transport: Transport) -> httpx2.Client:
-    """Send a client's direct requests through ``transport``; its proxy transports stay."""
-    previous: Any = client._transport
-    client._transport = transport
-    previous.close()
-    return client
+def mounts(transport: Transport) -> dict[str, httpx2.BaseTransport]:
+    """What an httpx2 client's ``mounts=`` takes to send through ``transport`` every request that
+    the environment's proxies do not take (those keep the client's own proxy transports, which
+    win for their schemes and hosts; with ``ALL_PROXY`` set, every request is theirs)."""
+    return {} if "all" in urllib.request.getproxies() else {"all://": transport}
