@@ -5,12 +5,13 @@ Each is a generator the WSGI server drives; the relay keeps the reply's figures 
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+import functools
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, Protocol
 
-from ..upstream.stream import REPLACEMENT, Delta, Reasoning, TimeSlice, Usage, utf8
+from ..upstream.stream import REPLACEMENT, Delta, Reasoning, Usage, utf8
 from . import sse
-from .pump import PING, SILENT, Pump
+from .pump import SILENT, Pump
 
 
 class Relay(Protocol):
@@ -21,15 +22,14 @@ class Relay(Protocol):
     metadata: dict[str, Any]
     ping_s: float
     finished: bool
+    usage: Usage | None
 
     def texts(self) -> Iterator[str]: ...
-    def count(self, text: str) -> None: ...
-    def count_reasoning(self, text: Reasoning) -> None: ...
-    def take_usage(self, last: Delta) -> Usage | None: ...
+    def counted(
+        self, item: Delta | BaseException, pull: Callable[[], Delta | BaseException]
+    ) -> Iterator[Delta]: ...
     def end(self, outcome: str, reason: str | None = None) -> None: ...
     def failed(self, error: Exception) -> str | None: ...
-    def reads_source_here(self) -> bool: ...
-    def close_source(self) -> None: ...
 
 
 def stream_text(relay: Relay) -> Generator[bytes]:
@@ -49,41 +49,27 @@ def stream_text(relay: Relay) -> Generator[bytes]:
         message = relay.failed(error)
         if message:
             yield f"\n[error: {message}]".encode()
-    finally:
-        if relay.reads_source_here():
-            relay.close_source()  # read to its end here: released before the last write
 
 
 def stream_events(relay: Relay) -> Generator[bytes]:
     """Server-Sent Events: metadata, a token event per delta, a ping comment per silence, then done."""
     pump = relay.pump
     assert pump is not None
-    item: Delta | BaseException = relay.first
+    first: Delta | BaseException = relay.first
     try:
         yield sse.frame({"type": "metadata", **relay.metadata})
-        if item is SILENT:
-            item = pump.next(relay.ping_s)
-        fair = TimeSlice()
-        while True:
-            fair.tick()
+        if first is SILENT:
+            first = pump.next(relay.ping_s)
+        for item in relay.counted(first, functools.partial(pump.next, relay.ping_s)):
             if type(item) is str:
-                relay.count(item)
                 yield sse.frame({"type": "token", "content": item})
             elif type(item) is Reasoning:
-                relay.count_reasoning(item)
                 yield sse.frame({"type": "reasoning", "content": str(item)})
-            elif isinstance(item, BaseException):
-                raise item
-            elif item is not PING:
-                usage = relay.take_usage(item)
-                relay.end("complete")  # stored before the client hears that it is done
-                yield sse.frame(
-                    {"type": "done", "usage": usage.as_dict() if usage else None, "status": "complete"}
-                )
-                return
             else:
                 yield sse.PING
-            item = pump.next(relay.ping_s)
+        usage = relay.usage
+        relay.end("complete")  # stored before the client hears that it is done
+        yield sse.frame({"type": "done", "usage": usage.as_dict() if usage else None, "status": "complete"})
     except Exception as error:
         message = relay.failed(error)
         if message:

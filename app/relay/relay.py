@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClientGone, UpstreamError
 from ..upstream.stream import Delta, Reasoning, Source, TimeSlice, Usage, repaired
 from . import framing, hangup
-from .pump import SILENT, Pump
+from .pump import PING, SILENT, Pump
 
 if TYPE_CHECKING:
     import socket
@@ -75,8 +75,7 @@ class Relay:
             except StopIteration:
                 self.first = None
             except BaseException as error:
-                self.close_source()
-                raise self._opening_failed(error) from None
+                raise self._opening_failed(error) from None  # close() closes the model's stream
             return
         self.pump = Pump(self, keep_reading=self.framing == "sse")
         if client is not None:
@@ -101,8 +100,6 @@ class Relay:
             reply = "".join(self.texts())
         except BaseException as error:
             raise self._opening_failed(error) from None
-        finally:
-            self.close_source()
         self.end("complete")
         self.writes.handed_at = time.monotonic()  # the server writes it once the view returns
         return repaired(reply)
@@ -153,12 +150,13 @@ class Relay:
             self.pump.wake(ClientGone())
 
     def close_source(self) -> None:
-        """Close the model's stream, once; only from the greenlet that reads it.
+        """Close the model's stream, once, from the greenlet that reads it: the one way it is closed.
 
-        That is the pump while it reads (a generator cannot be closed from another greenlet
-        while it runs: close() only cancels it then), else the request's greenlet: ``text()``
-        or the plain body once they have read it all, or ``close()``, which the server calls
-        at the end or when the client left. Every other way out ends in one of these.
+        A generator cannot be closed from another greenlet while it runs (close() only cancels
+        it then), so whoever reads the stream closes it when it stops reading: the pump, while it
+        reads; else ``texts()`` at its end (the JSON route, and the plain body after its first
+        delta); else ``close()``, which the server calls when the last byte went out or the
+        client left, and which also ends a stream that failed before the response started.
         """
         if not self._source_closed:
             self._source_closed = True
@@ -174,26 +172,44 @@ class Relay:
             cancel()
 
     def texts(self) -> Iterator[str]:
-        """The answer's text deltas, counted; reasoning is counted and left out."""
-        item: Delta | BaseException = self.first
-        if item is SILENT:
+        """The answer's text deltas, counted; reasoning is counted and left out. Read in the
+        request's greenlet, which closes the model's stream at their end (unless the pump reads it)."""
+        first: Delta | BaseException = self.first
+        if first is SILENT:
             assert self.pump is not None
-            item = self.pump.next()  # the opener stopped waiting for it: wait on here
+            first = self.pump.next()  # the opener stopped waiting for it: wait on here
+        try:
+            for item in self.counted(first, self._next):
+                if type(item) is str:
+                    yield item
+        finally:
+            if self.reads_source_here():
+                self.close_source()  # read to its end here: released before the last write
+
+    def _next(self) -> Delta:
+        return next(self.deltas)
+
+    def counted(
+        self, item: Delta | BaseException, pull: Callable[[], Delta | BaseException]
+    ) -> Iterator[Delta]:
+        """The reply's items from ``item`` on, ``pull()`` giving each next one, counted as they
+        pass: text and reasoning deltas, and pings (SSE). A failure raises; the usage, the last
+        item, is kept, and ends them. Both framings and the JSON route read the reply through here."""
         fair = TimeSlice()
         while True:
             fair.tick()
             if type(item) is str:
                 self.count(item)
-                yield item
             elif type(item) is Reasoning:
                 self.count_reasoning(item)
             elif isinstance(item, BaseException):
                 raise item
-            else:
+            elif item is not PING:
                 self.take_usage(item)
                 return  # the usage (or None) is the last item: the reply is over
+            yield item
             try:
-                item = next(self.deltas)
+                item = pull()
             except StopIteration:
                 return
 
