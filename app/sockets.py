@@ -7,7 +7,7 @@ to that one, so it neither waits for data nor lets the event loop run.
 
 from __future__ import annotations
 
-import contextlib
+import select
 import socket
 import ssl
 
@@ -22,12 +22,12 @@ def peek(sock: socket.socket) -> str | None:
     None when it cannot be read at all (closed here, say). A TLS socket's peek sees records, not
     plain text: a peer's close_notify reads as data."""
     raw = os_socket(sock)
-    # The standard library's socket (threads: the tests, the command line) with a timeout polls
-    # until its timeout before it reads, MSG_DONTWAIT or not: made non-blocking for the peek.
-    timeout = raw.gettimeout() if raw is sock else 0.0
     try:
-        if timeout != 0.0:
-            raw.settimeout(0.0)
+        # The standard library's socket (threads: the tests, the command line) with a timeout
+        # polls until its timeout before it reads, MSG_DONTWAIT or not; its timeout is not
+        # changed for the peek (another thread may be writing on it): asked first instead.
+        if raw is sock and raw.gettimeout() and not select.select([raw], [], [], 0)[0]:
+            return "quiet"
         if isinstance(raw, ssl.SSLSocket):  # its own recv refuses flags
             data = socket.socket.recv(raw, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         else:
@@ -38,8 +38,4 @@ def peek(sock: socket.socket) -> str | None:
         return "closed"
     except (OSError, ValueError):
         return None
-    finally:
-        if timeout != 0.0:
-            with contextlib.suppress(OSError):
-                raw.settimeout(timeout)
     return "data" if data else "closed"
