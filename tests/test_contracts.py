@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import inspect
 import socket
-from importlib import metadata
 
 import gevent.socket  # type: ignore[import-untyped]
 import httpcore2
@@ -22,14 +21,12 @@ from gunicorn.workers import base_async, ggevent
 from app.upstream import client, connections, llm, transport
 
 from .fake_upstream import FakeUpstream
+from .private_names import PRIVATE_IMPORTS, broken, missing_imports
 
 
-def broken(library: str, hook: str, where: str) -> str:
-    """The sentence a failed contract gives."""
-    return (
-        f"{library} {metadata.version(library)} changed {hook}, which {where} relies on: "
-        f"read the comment there before taking this release, or keep {library} below it in pyproject.toml."
-    )
+def test_every_private_name_the_app_imports_is_there() -> None:
+    assert [module for _, module, _, _ in PRIVATE_IMPORTS] == ["openai._models", "httpx2._utils"]
+    assert missing_imports() == []
 
 
 def test_the_sdk_builds_and_sends_each_request_through_the_methods_the_client_overrides() -> None:
@@ -44,6 +41,10 @@ def test_the_sdk_builds_and_sends_each_request_through_the_methods_the_client_ov
         assert list(inspect.signature(method).parameters) == parameters, broken("openai", hook, where)
         source = inspect.getsource(openai.OpenAI.request)
         assert f"self.{name}(" in source, broken("openai", f"{hook} (no longer called per request)", where)
+    request = list(inspect.signature(openai.OpenAI.request).parameters)[:4]
+    assert request == ["self", "cast_to", "options", "stream"], broken(
+        "openai", "openai.OpenAI.request", "app/upstream/llm.py (one call per reply)"
+    )
 
 
 def test_the_sdk_client_has_the_settings_the_template_checks() -> None:
@@ -73,44 +74,53 @@ def test_a_request_body_is_the_json_the_sdk_would_write() -> None:
     )
 
 
-def test_the_clients_proxy_pools_take_the_wrapped_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_environments_proxies_are_read_as_httpx2_reads_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
-    where = "app/upstream/connections.py (track: a reply hangs up proxied requests before their headers)"
-    made = connections.track(openai.DefaultHttpxClient())
+    monkeypatch.setenv("NO_PROXY", "localhost,10.0.0.1")
+    hook, where = "httpx2._utils.get_environment_proxies", "app/upstream/connections.py (proxied)"
+    mounts = connections.proxied(httpx2.Limits(), httpx2.create_ssl_context())
+    assert set(mounts) == {"https://", "all://localhost", "all://10.0.0.1"}, broken("httpx2", hook, where)
+    assert mounts["all://localhost"] is None and mounts["all://10.0.0.1"] is None  # direct: ours
+    proxy = mounts["https://"]
+    assert isinstance(proxy, httpx2.HTTPTransport), broken("httpx2", hook, where)
+    assert isinstance(proxy._pool._network_backend, connections.Backend)
+    proxy.close()
+
+
+def test_a_proxy_transports_pool_connects_through_the_backend_it_holds() -> None:
+    where = "app/upstream/connections.py (proxied: a reply hangs up proxied requests before their headers)"
+    fresh = httpx2.HTTPTransport(proxy="http://127.0.0.1:9")  # as httpx2 builds it, before ours is set
     try:
-        for hook in ("httpx2.Client._transport", "httpx2.Client._mounts"):
-            assert hasattr(made, hook.rsplit(".", 1)[1]), broken("httpx2", hook, where)
-        proxied = [transport for transport in made._mounts.values() if transport is not None]
-        assert proxied, broken("httpx2", "httpx2.Client._mounts (the environment's proxies)", where)
-        for transport in (made._transport, *proxied):
-            pool = getattr(transport, "_pool", None)
-            assert pool is not None, broken("httpx2", "httpx2.HTTPTransport._pool", where)
-            backend = getattr(pool, "_network_backend", None)
-            assert isinstance(backend, connections.Backend), broken(
-                "httpcore2", "the pools' _network_backend", where
-            )
-        connect = inspect.getsource(httpcore2.HTTPConnection._connect)
-        assert "self._network_backend.connect_tcp(" in connect, broken(
-            "httpcore2", "HTTPConnection._connect (no longer connects through the pool's backend)", where
+        pool = getattr(fresh, "_pool", None)
+        assert pool is not None, broken("httpx2", "httpx2.HTTPTransport._pool", where)
+        backend = getattr(pool, "_network_backend", None)
+        assert isinstance(backend, httpcore2.NetworkBackend), broken(
+            "httpcore2", "the pools' _network_backend", where
         )
     finally:
-        made.close()
+        fresh.close()
+    # The proxy's pool hands its backend to each connection it makes, which connects through it.
+    for method, call in (
+        (httpcore2.HTTPProxy.create_connection, "network_backend=self._network_backend"),
+        (httpcore2.HTTPConnection._connect, "self._network_backend.connect_tcp("),
+    ):
+        assert call in inspect.getsource(method), broken("httpcore2", method.__qualname__, where)
 
 
-def test_the_direct_transport_goes_in_by_the_public_door(
+def test_direct_requests_go_through_ours_by_the_public_door(
     monkeypatch: pytest.MonkeyPatch, upstream: FakeUpstream
 ) -> None:
-    monkeypatch.delenv("ALL_PROXY", raising=False)
-    monkeypatch.delenv("all_proxy", raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     direct = transport.Transport(httpx2.create_ssl_context(), max_connections=2, max_idle=2)
-    assert transport.mounts(direct) == {"all://": direct}
-    with openai.DefaultHttpxClient(mounts=transport.mounts(direct)) as made:
+    limits, tls = httpx2.Limits(), httpx2.create_ssl_context()
+    with openai.DefaultHttpxClient(transport=direct, mounts=connections.proxied(limits, tls)) as made:
         answer = made.post(upstream.base_url + "/chat/completions", json={"model": "m", "stream": True})
         assert (answer.status_code, answer.text.endswith("data: [DONE]\n\n")) == (200, True)
-        assert len(direct.live) == 1  # it went through ours, and is kept for the next request
+        assert len(direct.live) == 1  # a NO_PROXY host: through ours, kept for the next request
     assert direct.live == set()
-    monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
-    assert transport.mounts(direct) == {}  # every request is the proxy's
 
 
 def test_gevent_sockets_wrap_the_operating_systems() -> None:

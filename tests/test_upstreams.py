@@ -16,6 +16,7 @@ from .fake_upstream import FakeUpstream, Script
 from .test_faults import ASK, FRAMINGS, events, metadata
 
 THOUGHTS = ["Let me think", " about it."]
+UNREADABLE_RESPONSE = "The model service sent a response that could not be read."
 
 
 def timed(response: Any) -> list[tuple[float, bytes]]:
@@ -136,17 +137,17 @@ def test_the_wait_for_the_first_delta_is_checked_at_start_up(make_openai_app: Ca
     [
         (
             b"HTTP/1.1 2x0 OK\r\ncontent-length: 2\r\n\r\n{}",
-            "The model sent an event that could not be read.",
+            UNREADABLE_RESPONSE,
         ),
         (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"content-length: 20\r\ncontent-length: 30\r\n\r\ndata: [DONE]\n\n",
-            "The model sent an event that could not be read.",
+            UNREADABLE_RESPONSE,
         ),
         (
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
             b"+e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
-            "The model sent an event that could not be read.",
+            UNREADABLE_RESPONSE,
         ),
         (  # a good answer whose connection then closes: read to its end, it counts
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n"

@@ -4,8 +4,8 @@ The SDK sends each request on a pooled connection, new or kept alive, and shows 
 only with the response headers, which many gateways hold back until the first token. So
 whichever connection writes a request while a reply is being sent hands its socket to that
 reply (``holder()``), and ``Reply.cancel()`` can shut it down. Direct connections are
-``transport.Transport``'s, which does so itself; for the environment's proxies, httpcore2's
-pools keep their network backend wrapped here.
+``transport.Transport``'s, which does so itself; the environment's proxies go through
+httpcore2's pools on the network backend wrapped here (``proxied``).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 import httpcore2
 import httpx2
+from httpx2._utils import get_environment_proxies
 
 
 class Holder(Protocol):
@@ -110,16 +112,23 @@ class Backend(httpcore2.NetworkBackend):
         self.backend.sleep(seconds)
 
 
-def track(client: httpx2.Client) -> httpx2.Client:
-    """Put a new client's pools (its own, and those for the environment's proxies) on the
-    wrapped backend; each pool hands it to every connection it makes."""
-    # httpcore2's pools take a backend only when they are built, and httpx2's transports build
-    # theirs without one: so it is swapped in before any connection exists, through private
-    # names (the client's _transport and _mounts, a transport's _pool, a pool's
-    # _network_backend), each one checked by tests/test_contracts.py. Proxied requests only:
-    # direct ones go through ``transport.Transport``, mounted by the public door.
-    for transport in (client._transport, *client._mounts.values()):
-        pool = getattr(transport, "_pool", None)
-        if pool is not None:
-            pool._network_backend = Backend()
-    return client
+def proxied(limits: httpx2.Limits, tls: ssl.SSLContext) -> dict[str, httpx2.BaseTransport | None]:
+    """The environment's proxies (``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY``, ``NO_PROXY``) as an
+    httpx2 client's ``mounts=``: each proxy's transport on the wrapped backend, and None (the
+    client's own transport: direct) for the hosts ``NO_PROXY`` names.
+
+    A client given its own ``transport=`` reads no proxies from the environment, so they are read
+    here, by httpx2's own reading of them (a private function). httpcore2's pools take a backend
+    only when they are built, and httpx2's transports build theirs without one: so it is swapped
+    in before any connection exists (a transport's ``_pool``, a pool's ``_network_backend``).
+    Each private name is checked by tests/test_contracts.py. Proxied requests only.
+    """
+    mounts: dict[str, httpx2.BaseTransport | None] = {}
+    for pattern, url in get_environment_proxies().items():
+        if url is None:
+            mounts[pattern] = None
+            continue
+        proxy = httpx2.HTTPTransport(verify=tls, limits=limits, proxy=url)
+        proxy._pool._network_backend = Backend()
+        mounts[pattern] = proxy
+    return mounts

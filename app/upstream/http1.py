@@ -28,6 +28,10 @@ class Malformed(httpx2.RemoteProtocolError):
     """The server's bytes break the HTTP grammar: what it meant is not guessed."""
 
 
+class Overrun(Exception):
+    """More bytes than the response: the parser is stopped where the response ends."""
+
+
 class Connection:
     """One socket to the server, with its timeout and, while idle, since when it is idle."""
 
@@ -79,7 +83,9 @@ class Body(httpx2.SyncByteStream):
         self.connection: Connection | None = connection
         self.request = request
         self.read_timeout = read_timeout
-        self.parser = httptools.HttpResponseParser(self)
+        # The parser holds this body's callbacks, and so the body: dropped at close(), so that
+        # the body goes with its last reference (the worker collects cycles rarely).
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
@@ -94,6 +100,10 @@ class Body(httpx2.SyncByteStream):
         self.failure: Malformed | None = None  # the body broke the grammar past this point
 
     # The parser's callbacks.
+    def on_message_begin(self) -> None:
+        if self.complete:  # bytes past the response's end, read as another: never this one's
+            raise Overrun
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
@@ -101,15 +111,17 @@ class Body(httpx2.SyncByteStream):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        parser = self.parser
+        assert parser is not None  # called back from feed(), before close()
+        status = parser.get_status_code()
         if 100 <= status < 200:  # informational (103 Early Hints): read past
             self.reason, self.headers = b"", []
             return
         names = {name.lower(): value for name, value in self.headers}
         chunked = names.get(b"transfer-encoding", b"").rsplit(b",", 1)[-1].strip().lower() == b"chunked"
         self.until_close = status not in NO_BODY and not chunked and b"content-length" not in names
-        self.reusable = self.parser.should_keep_alive() and not self.until_close
-        self.head = (status, self.reason, self.headers)
+        self.reusable = parser.should_keep_alive() and not self.until_close
+        self.head = (status, self.reason, list(self.headers))
 
     def on_body(self, data: bytes) -> None:
         self.pieces.append(data)
@@ -134,15 +146,16 @@ class Body(httpx2.SyncByteStream):
         return data
 
     def feed(self, data: bytes) -> None:
-        if self.complete or self.failure is not None:  # past the response's end: the connection goes
+        parser = self.parser
+        if self.complete or self.failure is not None or parser is None:  # past the response's end
             self.reusable = False
             return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             raise self.protocol_error("The server switched protocols.") from None
         except httptools.HttpParserError as error:
-            if self.complete:  # what follows the response is not one: the connection is not kept
+            if self.complete:  # past the response's end (an Overrun, or not HTTP): the connection goes
                 self.reusable = False
                 return
             failure = Malformed(f"Malformed response: {error}.", request=self.request)
@@ -188,6 +201,7 @@ class Body(httpx2.SyncByteStream):
 
     def close(self) -> None:
         """Keep the connection for the next request if the body was read to its end; else close it."""
+        self.parser = None
         connection, self.connection = self.connection, None
         if connection is None:
             return

@@ -2,8 +2,8 @@
 
 ``stream(chat)`` yields the reply's text as it arrives, then one Usage (or None). The SDK
 builds, authenticates and sends the request, retries before any byte arrives, and maps
-HTTP errors to its typed exceptions; the body is taken raw (the SDK's documented low-level
-``post`` with ``cast_to=httpx2.Response``), split into events by ``sse`` and read by
+HTTP errors to its typed exceptions; the body is taken raw (its ``request`` with
+``cast_to=httpx2.Response`` and options built once per path), split into events by ``sse`` and read by
 ``events`` with orjson, which costs a small fraction of building the SDK's typed parameter
 and chunk objects. The SDK's errors are mapped here to the statuses clients get.
 """
@@ -106,8 +106,8 @@ class OpenAILLM:
             # The read timeout bounds the silence between two chunks, not the whole reply.
             timeout=httpx2.Timeout(timeout, connect=timeout),
             max_retries=config["OPENAI_MAX_RETRIES"],
-            http_client=connections.track(
-                openai.DefaultHttpxClient(limits=limits, verify=tls, mounts=transport.mounts(direct))
+            http_client=openai.DefaultHttpxClient(
+                transport=direct, mounts=connections.proxied(limits, tls), limits=limits, verify=tls
             ),
         )
         # The SDK builds its platform headers on first use, and that runs `uname` in a
@@ -150,8 +150,10 @@ class OpenAILLM:
                 response.close()
         except connections.HungUp:
             raise UpstreamError("The client left before the model answered.", reason="client_gone") from None
-        except (sse.EventTooLong, http1.Malformed):
+        except sse.EventTooLong:
             raise malformed() from None
+        except http1.Malformed:
+            raise unreadable() from None
         except openai.APIError as error:
             raise from_sdk_error(error, chat.model) from None
         except httpx2.TimeoutException:
@@ -207,7 +209,7 @@ def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
     if isinstance(error, openai.APITimeoutError):
         return UpstreamTimeout("The model did not answer in time.", reason="upstream_timeout")
     if isinstance(error, openai.APIConnectionError) and isinstance(error.__cause__, http1.Malformed):
-        return malformed()  # the head of its answer broke the HTTP grammar
+        return unreadable()  # the head of its answer broke the HTTP grammar
     if isinstance(error, openai.APIConnectionError):
         return UpstreamError("The model service could not be reached.", reason="upstream_unreachable")
     if isinstance(error, openai.RateLimitError):
@@ -228,6 +230,11 @@ def from_sdk_error(error: openai.APIError, model: str) -> UpstreamError:
             f"The model provider refused the request (HTTP {error.status_code}).",
             reason="upstream_status",
         )
+    return unreadable()
+
+
+def unreadable() -> UpstreamError:
+    """The model service's answer broke HTTP (or the SDK could not read it): nothing is guessed."""
     return UpstreamError(
         "The model service sent a response that could not be read.", reason="upstream_malformed"
     )

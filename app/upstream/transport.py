@@ -16,8 +16,8 @@ does not (measured with the paced 1,000-stream benchmark, one gevent worker):
 Each request hands its socket to the reply that sends it (``connections.sending``) before
 a byte is written, so the reply can hang up before the model's headers. Errors are
 httpx2's own types, so the SDK and ``llm`` map them as they map httpx2's transport's. The
-environment's proxies still go through the SDK client's proxy transports; only direct
-connections come here (``mounts``, httpx2's public door for a transport of one's own).
+environment's proxies go through httpx2's own proxy transports (``connections.proxied``); every
+other request comes here, by httpx2's public door for it (the client's ``transport=``).
 
 A request is sent again, once, on a new connection only when the server cannot have read it
 (``unread``): a kept-alive connection whose write failed, or that the server reset at once,
@@ -33,7 +33,6 @@ import socket
 import ssl
 import threading
 import time
-import urllib.request
 from typing import Any
 
 import httpx2
@@ -42,6 +41,9 @@ from . import connections
 from .http1 import Body, Connection
 
 UNANSWERED_WITHIN_S = 0.25  # a kept-alive connection reset this soon after a request: resent
+# An idle connection is dropped after this long: before the 5 s that uvicorn (vLLM, LiteLLM) and
+# Node's servers keep one, so the server's close rarely crosses a request (see ``unread``).
+KEEPALIVE_S = 4.0
 
 
 class Unanswered(Exception):
@@ -60,7 +62,7 @@ class Transport(httpx2.BaseTransport):
         ssl_context: ssl.SSLContext,
         max_connections: int,
         max_idle: int,
-        keepalive_expiry: float = 5.0,
+        keepalive_expiry: float = KEEPALIVE_S,
     ) -> None:
         self.ssl_context = ssl_context
         ssl_context.set_alpn_protocols(["http/1.1"])
@@ -224,10 +226,12 @@ def unread(written: float | None, reset: bool) -> bool:
     """Can the server not have read a request that failed before any byte of an answer?
 
     Yes when the write itself failed, or when the server reset the connection at once: a socket
-    closed with bytes it never read is reset by the kernel, which is how a kept-alive connection
-    whose idle timeout crossed the request ends. A connection the server ends cleanly (it read
-    the request, then closed), or that fails later, may have had a model start on the request:
-    it is not sent twice here (the SDK's own retries, ``OPENAI_MAX_RETRIES``, still apply).
+    closed with bytes it never read is reset by the kernel. A connection the server ended cleanly
+    (it read the request, then closed), or that failed later, may have had a model start on the
+    request: it is not sent twice here. A server's idle close that crossed the request on the
+    wire (its end arriving before its reset) looks the same and is not resent either: idle
+    connections are dropped before common servers drop them (``KEEPALIVE_S``), and one taken is
+    peeked first. The SDK's own retries (``OPENAI_MAX_RETRIES``, 0 by default) still apply.
     """
     return written is None or (reset and time.monotonic() - written < UNANSWERED_WITHIN_S)
 
@@ -240,10 +244,3 @@ def numeric_family(host: str) -> socket.AddressFamily | None:
     except ValueError:
         return None
     return socket.AF_INET6 if address.version == 6 else socket.AF_INET
-
-
-def mounts(transport: Transport) -> dict[str, httpx2.BaseTransport]:
-    """What an httpx2 client's ``mounts=`` takes to send through ``transport`` every request that
-    the environment's proxies do not take (those keep the client's own proxy transports, which
-    win for their schemes and hosts; with ``ALL_PROXY`` set, every request is theirs)."""
-    return {} if "all" in urllib.request.getproxies() else {"all://": transport}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import httpx2
 import pytest
 
@@ -148,3 +151,32 @@ def test_a_body_without_framing_ends_when_the_server_closes_and_the_connection_g
     body.read_head(False)
     assert b"".join(body) == b"all of it"
     assert pool.released == [None]
+
+
+def test_bytes_past_the_response_never_become_part_of_it() -> None:
+    # A second response in the same read as the first: the first stays what it was, whole, and its
+    # connection is not kept (what the server meant by the rest is not guessed).
+    first = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-one: 1\r\n\r\nok"
+    second = b"HTTP/1.1 404 Nope\r\ncontent-length: 5\r\nx-two: 2\r\n\r\nhello"
+    pool, connection = Pool(), Reads([first + second])
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    body = Body(pool, (b"http", b"127.0.0.1", 80), connection, request, None)  # type: ignore[arg-type]
+    assert body.read_head(False) == (200, b"OK", [(b"content-length", b"2"), (b"x-one", b"1")])
+    assert list(body) == [b"ok"]
+    assert pool.released == [None]
+
+
+def test_a_closed_body_goes_with_its_last_reference() -> None:
+    # The worker collects reference cycles rarely (gunicorn.conf.py): a body left in one would
+    # hold its buffers until then, for every reply.
+    request = httpx2.Request("POST", "http://127.0.0.1/v1/chat/completions")
+    body = Body(Pool(), (b"http", b"127.0.0.1", 80), Reads([HEAD + CHUNKED]), request, None)  # type: ignore[arg-type]
+    body.read_head(False)
+    assert b"".join(body) == DATA  # read to its end, which closes it
+    gc.disable()
+    try:
+        gone = weakref.ref(body)
+        del body
+        assert gone() is None
+    finally:
+        gc.enable()
