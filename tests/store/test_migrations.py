@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from app.settings import DEFAULTS, SettingsError
 from app.store.db import MIGRATION_LOCK, MIGRATIONS, DatabaseError, make_engine, upgrade
 from app.store.models import Base
 
-from ..support import free_port
+from ..support import free_port, wait_until
 
 TABLES = {"alembic_version", "conversations", "messages"}
 
@@ -142,10 +141,12 @@ def test_hosts_upgrading_at_once_create_the_schema_once(postgres_url: str) -> No
         with engine.connect() as holder:
             holder.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
             racers = [run_app_db(postgres_url) for _ in range(4)]
-            deadline = time.monotonic() + 30
-            while waiting_for_the_migration_lock(engine) < 4 and time.monotonic() < deadline:
+
+            def all_waiting() -> bool:
                 assert all(racer.poll() is None for racer in racers), "an upgrade did not wait its turn"
-                time.sleep(0.05)
+                return waiting_for_the_migration_lock(engine) >= 4
+
+            wait_until(all_waiting, 30, interval=0.05)
             assert waiting_for_the_migration_lock(engine) == 4
             assert inspect(engine).get_table_names() == []
             holder.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})

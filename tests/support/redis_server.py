@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
 from .server import free_port
+from .wait import wait_until
 
 
 class RedisUnavailable(RuntimeError):
@@ -45,15 +45,17 @@ class RedisServer:
             ],
             stdout=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
+        if wait_until(self._listening, 10, interval=0.05):
+            return
         self.stop()
         raise RedisUnavailable("redis-server did not start listening within 10 s")
+
+    def _listening(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
 
     def kill(self) -> None:
         """End the server at once, as a crash or a lost host would."""

@@ -84,16 +84,16 @@ class LiveServer:
             raise
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited at start-up:\n{self.log_text()}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
+                return requests.get(f"{self.url}/healthz", timeout=2).status_code == 200
             except requests.RequestException:  # not listening yet, or a worker still booting
-                time.sleep(0.1)
-        raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log_text()}")
+                return False
+
+        if not wait_until(ready, timeout, interval=0.1):
+            raise RuntimeError(f"the server did not answer within {timeout} s:\n{self.log_text()}")
 
     def worker_pid(self) -> int:
         """The pid of the (first) gunicorn worker."""

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -262,3 +265,74 @@ def test_a_reply_refused_with_a_status_lets_go_of_its_connection(
     assert next(deltas) == "a"
     refused.cancel()  # what the relay's close does for a reply that ended in error
     assert [*deltas][:1] == ["b"]
+
+
+class ForwardProxy:
+    """An HTTP proxy on loopback, as ``HTTP_PROXY`` names one: each connection's request (in the
+    absolute form proxies get) goes to its host, and the bytes then flow both ways as they come."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.request_lines: list[str] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        head = b""
+        while b"\r\n" not in head:
+            head += client.recv(65536)
+        line, rest = head.split(b"\r\n", 1)
+        method, target, version = line.decode().split(" ")
+        self.request_lines.append(line.decode())
+        url = urllib.parse.urlsplit(target)
+        with client, socket.create_connection((url.hostname, url.port)) as upstream:
+            upstream.sendall(f"{method} {url.path} {version}\r\n".encode() + rest)
+            ahead = threading.Thread(target=pipe, args=(client, upstream), daemon=True)
+            ahead.start()
+            pipe(upstream, client)
+            ahead.join()  # both ways ended: each side closed its own
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def proxy(monkeypatch: pytest.MonkeyPatch) -> Iterator[ForwardProxy]:
+    server = ForwardProxy()
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    yield server
+    server.close()
+
+
+def test_a_reply_goes_through_the_environments_proxy_and_hangs_up_there_too(
+    make_llm: Callable[..., OpenAILLM], upstream: FakeUpstream, proxy: ForwardProxy
+) -> None:
+    llm = make_llm(UPSTREAM_TIMEOUT_S="30")
+    assert list(llm.stream(FULL)) == ["Hello", ",", " world", "!", Usage(9, 4)]
+    assert proxy.request_lines == [f"POST {upstream.base_url}/chat/completions HTTP/1.1"]
+    upstream.script = Script(headers_delay=20)  # the model holds its headers: cancelled meanwhile
+    reply = llm.stream(FULL)
+    threading.Timer(0.3, reply.cancel).start()
+    started = time.monotonic()
+    with pytest.raises(UpstreamError):
+        next(iter(reply))
+    assert time.monotonic() - started < 1.0  # the proxied connection was shut at once
+    assert upstream.wait_until(lambda: upstream.open_streams() == 0, timeout=2.0)
