@@ -18,7 +18,6 @@ from ..upstream.stream import Reasoning, Usage, utf8
 
 Event = str | Reasoning
 
-ENDINGS = ("complete", "stopped", "error", "interrupted")
 INTERRUPTED = "The reply was interrupted: the server writing it stopped before the end."
 
 

@@ -89,13 +89,11 @@ class Body(httpx2.SyncByteStream):
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head: tuple[int, bytes, list[tuple[bytes, bytes]]] | None = None
-        self.head_bytes = 0
+        self.head_bytes = 0  # read before the head was whole: any byte of an answer
         self.pieces: list[bytes] = []
         self.complete = False  # the parser read the whole message
         self.until_close = False  # the body ends when the server closes
         self.reusable = False
-        self.done = False  # the body was read to its end
-        self.received = False  # any byte of the answer
         self.reset = False  # the server reset the connection (it discarded what it had not read)
         self.failure: Malformed | None = None  # the body broke the grammar past this point
 
@@ -142,7 +140,6 @@ class Body(httpx2.SyncByteStream):
         except OSError as error:
             self.reset = isinstance(error, ConnectionResetError)
             raise httpx2.ReadError(str(error) or type(error).__name__, request=self.request) from None
-        self.received = self.received or bool(data)
         return data
 
     def feed(self, data: bytes) -> None:
@@ -194,7 +191,6 @@ class Body(httpx2.SyncByteStream):
                 if self.until_close:
                     break
                 raise self.protocol_error("peer closed connection without sending complete message body")
-        self.done = True
         self.close()
 
     def read_more(self) -> bool:
@@ -210,12 +206,12 @@ class Body(httpx2.SyncByteStream):
         return True
 
     def close(self) -> None:
-        """Keep the connection for the next request if the body was read to its end; else close it."""
+        """Keep the connection for the next request if the whole response was read off it; else close it."""
         self.parser = None
         connection, self.connection = self.connection, None
         if connection is None:
             return
-        if not (self.done and self.reusable):
+        if not (self.complete and self.reusable):
             connection.close()
             connection = None
         self.pool.release(self.key, connection)

@@ -141,7 +141,7 @@ class Transport(httpx2.BaseTransport):
             status, reason, headers = body.read_head(request.method == "HEAD")
         except (httpx2.WriteError, httpx2.ReadError, httpx2.RemoteProtocolError) as error:
             body.close()
-            if reused and not body.received and unread(written, body.reset):
+            if reused and not body.head_bytes and unread(written, body.reset):
                 raise Unanswered(error) from None
             raise
         except BaseException:

@@ -12,7 +12,6 @@ from ..upstream.stream import MAX_TURNS, ChatRequest
 
 ROLES = ("user", "assistant", "system")
 MAX_TOKENS = 32768
-CONVERSATION_FIELDS = ("title", "instructions", "model")
 
 
 class Defaults(Protocol):
