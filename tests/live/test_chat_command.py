@@ -15,30 +15,21 @@ import requests
 
 from ..support import FakeUpstream, LiveServer, Script, wait_until
 from ..support.conversations import last_message, messages, new_conversation, upstream_settings
+from ..support.tcp import Listener
 
 WORDS = [f"w{i} " for i in range(300)]
 
 CHAT = [str(Path(sys.executable).parent / "chat")]
 
 
-class Cutter(threading.Thread):
+class Cutter:
     """A TCP proxy to ``port`` that cuts its first connection after ``limit`` bytes of the answer."""
 
     def __init__(self, port: int, limit: int) -> None:
-        super().__init__(daemon=True)
         self.target, self.limit = port, limit
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.cut = 0
-        self.start()
-
-    def run(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.pipe, args=(client,), daemon=True).start()
+        self.listener = Listener(self.pipe)
+        self.port = self.listener.port
 
     def pipe(self, client: socket.socket) -> None:
         upstream = socket.create_connection(("127.0.0.1", self.target))

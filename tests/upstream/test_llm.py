@@ -17,6 +17,7 @@ from app.upstream.stream import ChatRequest, Usage
 
 from ..conftest import SECRET_KEY
 from ..fake_upstream import FakeUpstream, Script
+from ..support.tcp import Listener
 
 HISTORY = (
     {"role": "user", "content": "Name a colour."},
@@ -272,18 +273,9 @@ class ForwardProxy:
     absolute form proxies get) goes to its host, and the bytes then flow both ways as they come."""
 
     def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.request_lines: list[str] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        self.listener = Listener(self._serve)
+        self.url = self.listener.url
 
     def _serve(self, client: socket.socket) -> None:
         head = b""

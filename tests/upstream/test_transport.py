@@ -11,6 +11,8 @@ import pytest
 
 from app.upstream.transport import Transport
 
+from ..support.tcp import Listener
+
 ANSWER = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
@@ -23,20 +25,9 @@ class Dropper:
     def __init__(self, read: bool, drop_after: float = 0.0) -> None:
         self.read = read
         self.drop_after = drop_after
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.connections = 0
         self.requests = 0  # requests read
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+        self.listener = Listener(self._serve)
+        self.port = self.listener.port
 
     def _serve(self, sock: socket.socket) -> None:
         with sock:
@@ -58,6 +49,10 @@ class Dropper:
             data += chunk
         self.requests += 1
         return True
+
+    @property
+    def connections(self) -> int:
+        return self.listener.connections
 
     def close(self) -> None:
         self.listener.close()
