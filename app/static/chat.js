@@ -379,10 +379,12 @@ class ReplyView {
       } else if (event.type === "reasoning") {
         this.think(event.content);
       } else if (event.type === "done") {
+        this.settle();  // the whole text before the status that says it ended
         this.element.dataset.status = event.status || "complete";
         if (event.status === "stopped") note(this.element, "error", NOTES.stopped);
         return "done";
       } else if (event.type === "error") {
+        this.settle();
         this.element.dataset.status = event.status === "interrupted" ? "interrupted" : "error";
         note(this.element, "error", event.message || "The reply failed.");
         return "error";

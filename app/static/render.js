@@ -116,6 +116,7 @@ class MarkdownView {
     this.settled = 0;
     this.text = "";
     this.frame = 0;
+    this.finished = null;  // the text finish() drew last: drawn once however often it is called
     this.frames = 0;  // renders done (for the page's tests and its figures)
     this.renderMs = 0;
     this.longestMs = 0;
@@ -128,7 +129,8 @@ class MarkdownView {
   }
 
   finish(text) {
-    this.text = text;
+    if (text === this.finished && text === this.text && !this.frame) return;
+    this.text = this.finished = text;
     if (this.frame) cancelAnimationFrame(this.frame);
     this.render(true);
   }

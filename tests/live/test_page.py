@@ -414,14 +414,28 @@ def test_the_event_reader_takes_a_stream_cut_anywhere(page: Any, demo_page_serve
 
 
 def test_an_error_after_the_reply_started_is_shown(page: Any, upstream_server: FakeUpstream) -> None:
-    upstream_server.reset(Script(deltas=["Half ", "a ", "reply"], delay=0.05, cut_after=2))
+    # No pause: the last text and the error come together, in one frame of the page's.
+    upstream_server.reset(Script(deltas=["Half ", "a ", "reply"], cut_after=2))
     server = LiveServer(
         {"OPENAI_API_KEY": SECRET_KEY, "OPENAI_BASE_URL": upstream_server.base_url, "LOG_FORMAT": "json"}
     )
     try:
         page.goto(server.url + "/")
+        # What the reply showed at the instant its status changed: the text is whole by then.
+        page.evaluate(
+            """() => {
+                window.statuses = [];
+                new MutationObserver((changes) => {
+                    for (const {target} of changes) {
+                        const text = target.querySelector(".text").textContent.trim();
+                        window.statuses.push([target.dataset.status, text]);
+                    }
+                }).observe(document.getElementById("log"), {subtree: true, attributeFilter: ["data-status"]});
+            }"""
+        )
         send(page, "hello")
         expect(last_reply(page)).to_have_attribute("data-status", "error")
+        assert page.evaluate("window.statuses").count(["error", "Half a"]) == 1
         assert last_reply(page).locator(".text").inner_text() == "Half a"  # Markdown: a paragraph, trimmed
         assert last_reply(page).locator(".error").inner_text() == "The connection to the model broke."
         page.reload()  # kept as failed, with the text that came before the failure
