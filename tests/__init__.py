@@ -3,5 +3,5 @@ libraries are checked: a release that moved one fails here with a sentence sayin
 
 from .private_names import missing_imports
 
-if missing_imports():
-    raise ImportError("\n".join(missing_imports()))
+if missing := missing_imports():
+    raise ImportError("\n".join(missing))

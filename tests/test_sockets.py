@@ -60,8 +60,16 @@ def test_a_closed_socket_cannot_be_peeked() -> None:
     assert peek(sock) is None
 
 
+class Unread(gevent.socket.socket):  # type: ignore[misc]
+    """A gevent socket that must not be read through: its reads wait on (and run) the event loop."""
+
+    def recv(self, *args: object) -> bytes:
+        raise AssertionError("the peek read through gevent's socket, not the one it wraps")
+
+
 def test_under_gevent_the_peek_goes_to_the_socket_it_wraps() -> None:
-    left, right = gevent.socket.socketpair()
+    plain_left, right = socket.socketpair()
+    left = Unread(plain_left.family, plain_left.type, fileno=plain_left.detach())
     try:
         left.settimeout(30.0)
         started = time.monotonic()
